@@ -1,0 +1,309 @@
+//! `squall bench`: the real pipeline (Wasm stages, embedded queue and
+//! store, null transport) against a native baseline that runs the very same
+//! stage code (`squall-pipeline-core`) in-process with no Wasm and no queue,
+//! in the same process, on the same synthetic audience. Machines here are
+//! shared and noisy, so the figures that matter are the ratios.
+
+mod audience;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use serde::Serialize;
+use squall_pipeline_core::ids::message_id;
+use squall_pipeline_core::message::{Outgoing, Sender};
+use squall_pipeline_core::segment::{Assignment, Segmenter};
+use squall_pipeline_core::template::Personaliser;
+use squall_pipeline_core::{Batch, Record};
+
+use crate::audience::{AudienceReader, Row};
+use crate::campaign::Campaign;
+use crate::pipeline::{RunOptions, prepare};
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Synthetic audience size.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub recipients: u64,
+    /// Where to write the audience and the run's data (default: a temp dir, removed after).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 2)]
+    pub personalise_workers: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Rates {
+    pub segment: f64,
+    pub personalise: f64,
+    pub send: f64,
+    pub end_to_end: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub recipients: u64,
+    pub sent: u64,
+    /// Messages per second; stage figures count only time inside the stage.
+    pub wasm: Rates,
+    pub native: Rates,
+    /// wasm / native, per stage and end to end.
+    pub ratio: Rates,
+    pub peak_rss_mb: f64,
+    pub wasm_seconds: f64,
+    pub native_seconds: f64,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
+    let temp;
+    let dir = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => {
+            temp = tempfile::tempdir()?;
+            temp.path().to_path_buf()
+        }
+    };
+    let data_dir = dir.join("data");
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let campaign_path =
+        audience::write(&dir, args.recipients).context("writing the synthetic audience")?;
+    let campaign = Campaign::load(&campaign_path).map_err(|d| anyhow::anyhow!("{d}"))?;
+    eprintln!("bench: {} recipients in {}", args.recipients, dir.display());
+
+    let mut opts = RunOptions::new(data_dir);
+    opts.personalise_workers = args.personalise_workers;
+    let started = Instant::now();
+    let report = crate::pipeline::run(&campaign, opts)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let wasm_seconds = started.elapsed().as_secs_f64();
+    let peak_rss_mb = peak_rss_mb();
+    anyhow::ensure!(report.complete, "the benchmark run did not complete");
+
+    let per = |busy_ms: Option<&u64>, n: u64| {
+        n as f64 / (busy_ms.copied().unwrap_or(1).max(1) as f64 / 1000.0)
+    };
+    let segmented: u64 = report.per_segment.values().sum();
+    let wasm = Rates {
+        segment: per(
+            report.stage_busy_ms.get("segment"),
+            args.recipients - report.rejected,
+        ),
+        personalise: per(report.stage_busy_ms.get("personalise"), segmented),
+        send: per(report.stage_busy_ms.get("send"), report.sent),
+        end_to_end: report.sent as f64 / wasm_seconds,
+    };
+
+    let (native, native_seconds, native_sent) =
+        tokio::task::spawn_blocking(move || native_baseline(&campaign)).await??;
+    anyhow::ensure!(
+        native_sent == report.sent,
+        "native baseline sent {native_sent}, the pipeline {}",
+        report.sent
+    );
+    let ratio = Rates {
+        segment: wasm.segment / native.segment,
+        personalise: wasm.personalise / native.personalise,
+        send: wasm.send / native.send,
+        end_to_end: wasm.end_to_end / native.end_to_end,
+    };
+    let out = BenchReport {
+        recipients: args.recipients,
+        sent: report.sent,
+        wasm,
+        native,
+        ratio,
+        peak_rss_mb,
+        wasm_seconds,
+        native_seconds,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print(&out);
+    }
+    Ok(out)
+}
+
+/// The same stage code, natively, one thread, no queue, no store.
+fn native_baseline(campaign: &Campaign) -> anyhow::Result<(Rates, f64, u64)> {
+    let seg = prepare::segmenter_config(campaign);
+    let segmenter = Segmenter::compile(squall_pipeline_core::segment::SegmenterConfig {
+        campaign: seg.campaign,
+        fields: seg.fields,
+        segments: seg
+            .segments
+            .into_iter()
+            .map(|s| squall_pipeline_core::segment::SegmentRule {
+                name: s.name,
+                rule: s.rule,
+            })
+            .collect(),
+        messages: seg
+            .messages
+            .into_iter()
+            .map(|m| squall_pipeline_core::segment::MessageChoice {
+                segment: m.segment,
+                variant: m.variant,
+                weight: m.weight,
+            })
+            .collect(),
+    })
+    .map_err(|d| anyhow::anyhow!("{d:?}"))?;
+    let per = prepare::personaliser_config(campaign);
+    let personaliser = Personaliser::compile(squall_pipeline_core::template::PersonaliserConfig {
+        campaign: per.campaign,
+        fields: per.fields,
+        templates: per
+            .templates
+            .into_iter()
+            .map(|t| squall_pipeline_core::template::Template {
+                key: t.key,
+                subject: t.subject,
+                text: t.text,
+                html: t.html,
+            })
+            .collect(),
+    })
+    .map_err(|d| anyhow::anyhow!("{d:?}"))?;
+    let d = &campaign.file.delivery;
+    let sender = Sender::compile(squall_pipeline_core::message::SenderConfig {
+        campaign: campaign.id().to_string(),
+        channel: campaign.channel(),
+        from: d.from.get_ref().clone(),
+        reply_to: d.reply_to.clone(),
+        unsubscribe_mailto: d.unsubscribe_mailto.clone(),
+        endpoint: d.endpoint.clone(),
+    })
+    .map_err(|d| anyhow::anyhow!("{d:?}"))?;
+    let keys: Vec<(String, String)> = campaign
+        .file
+        .message
+        .iter()
+        .map(|m| (m.segment.get_ref().clone(), m.variant.get_ref().clone()))
+        .collect();
+
+    let started = Instant::now();
+    let (mut t_seg, mut t_per, mut t_send) = (0f64, 0f64, 0f64);
+    let (mut n_seg, mut n_per, mut sent) = (0u64, 0u64, 0u64);
+    let batch_size = campaign.file.limits.batch_size as usize;
+    let mut records: Vec<Record> = Vec::with_capacity(batch_size);
+    let mut rows = AudienceReader::open(&campaign.audience)?;
+    let mut flush = |records: Vec<Record>| {
+        let batch = Batch {
+            campaign: campaign.id().to_string(),
+            columns: campaign.columns.clone(),
+            recipients: records,
+        };
+        let t = Instant::now();
+        let assignments = segmenter.assign(&batch);
+        t_seg += t.elapsed().as_secs_f64();
+        n_seg += batch.recipients.len() as u64;
+        let mut picks = Vec::new();
+        let mut placed = Vec::new();
+        for (r, a) in batch.recipients.into_iter().zip(assignments) {
+            if let Assignment::Assigned { message, .. } = a {
+                picks.push(message);
+                placed.push(r);
+            }
+        }
+        let batch = Batch {
+            campaign: batch.campaign,
+            columns: batch.columns,
+            recipients: placed,
+        };
+        let t = Instant::now();
+        let rendered = personaliser.render(&batch, &picks);
+        t_per += t.elapsed().as_secs_f64();
+        n_per += rendered.len() as u64;
+        let t = Instant::now();
+        for ((r, m), content) in batch.recipients.into_iter().zip(picks).zip(rendered) {
+            let Ok(content) = content else { continue };
+            let (segment, variant) = keys[m as usize].clone();
+            let id = message_id(&batch.campaign, &r.id, &format!("{segment}/{variant}"));
+            let out = Outgoing {
+                unsubscribe_url: format!("http://localhost:8080/u/{id}"),
+                message_id: id,
+                recipient_id: r.id,
+                address: r.address,
+                segment,
+                variant,
+                content,
+            };
+            if sender.build(&out, 1_700_000_000).is_ok() {
+                sent += 1;
+            }
+        }
+        t_send += t.elapsed().as_secs_f64();
+    };
+    for row in rows.by_ref() {
+        if let Row::Valid(r) = row? {
+            records.push(r.record);
+            if records.len() == batch_size {
+                flush(std::mem::take(&mut records));
+            }
+        }
+    }
+    if !records.is_empty() {
+        flush(records);
+    }
+    let total = started.elapsed().as_secs_f64();
+    Ok((
+        Rates {
+            segment: n_seg as f64 / t_seg.max(1e-9),
+            personalise: n_per as f64 / t_per.max(1e-9),
+            send: sent as f64 / t_send.max(1e-9),
+            end_to_end: sent as f64 / total,
+        },
+        total,
+        sent,
+    ))
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`).
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn print(r: &BenchReport) {
+    println!(
+        "recipients: {}   sent: {}   peak RSS: {:.0} MB",
+        r.recipients, r.sent, r.peak_rss_mb
+    );
+    println!(
+        "{:<14} {:>14} {:>14} {:>8}",
+        "messages/s", "wasm pipeline", "native", "ratio"
+    );
+    for (name, w, n, q) in [
+        ("segment", r.wasm.segment, r.native.segment, r.ratio.segment),
+        (
+            "personalise",
+            r.wasm.personalise,
+            r.native.personalise,
+            r.ratio.personalise,
+        ),
+        ("send (build)", r.wasm.send, r.native.send, r.ratio.send),
+        (
+            "end to end",
+            r.wasm.end_to_end,
+            r.native.end_to_end,
+            r.ratio.end_to_end,
+        ),
+    ] {
+        println!("{name:<14} {w:>14.0} {n:>14.0} {q:>8.2}");
+    }
+}

@@ -1,0 +1,383 @@
+//! A campaign: its file, checked. `Campaign::load` does every check that
+//! needs nothing but the file and its audience's header, and reports every
+//! problem at once with `file:line:column`. Rules and templates are then
+//! checked by the stages themselves (see `pipeline::prepare`), mapped back
+//! through `Campaign::locate`.
+
+mod diagnostics;
+mod model;
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+pub use diagnostics::{Diagnostics, FileDiagnostic, SourceMap};
+pub use model::*;
+
+use crate::audience::{AudienceReader, AudienceSpec, Format};
+use crate::runtime::{ComponentSource, defaults};
+
+/// Where accepted messages go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportSpec {
+    /// One JSON line per message in `<data-dir>/outbox.jsonl`.
+    Outbox,
+    /// Real SMTP, pooled.
+    Smtp { host: String, port: u16 },
+    /// Discard (benchmarks).
+    Null,
+}
+
+#[derive(Debug, Clone)]
+pub struct StageSources {
+    pub segmenter: ComponentSource,
+    pub personaliser: ComponentSource,
+    pub sender: ComponentSource,
+}
+
+#[derive(Debug)]
+pub struct Campaign {
+    pub path: PathBuf,
+    pub text: String,
+    pub file: CampaignFile,
+    pub audience: AudienceSpec,
+    /// The audience's fields, as its header (or declaration) names them.
+    pub columns: Vec<String>,
+    pub transport: TransportSpec,
+    pub stages: StageSources,
+    /// Fingerprint of the campaign file, stored with the campaign's state.
+    pub hash: String,
+}
+
+impl Campaign {
+    pub fn id(&self) -> &str {
+        self.file.campaign.id.get_ref()
+    }
+
+    pub fn channel(&self) -> Channel {
+        self.file.campaign.channel
+    }
+
+    /// `segment/variant` of message `i`: its key in the delivery ledger.
+    pub fn message_key(&self, i: usize) -> String {
+        let m = &self.file.message[i];
+        format!("{}/{}", m.segment.get_ref(), m.variant.get_ref())
+    }
+
+    pub fn load(path: &Path) -> Result<Campaign, Diagnostics> {
+        let display = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Diagnostics(vec![FileDiagnostic {
+                file: display.clone(),
+                line: 1,
+                column: 1,
+                message: format!("cannot read the campaign file: {e}"),
+            }])
+        })?;
+        let map = SourceMap {
+            file: &display,
+            text: &text,
+        };
+        let file: CampaignFile = toml::from_str(&text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            Diagnostics(vec![map.at_span(&span, e.message().trim().to_string())])
+        })?;
+        let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let mut problems = Vec::new();
+        let checked = check(&file, &dir, &map, &mut problems);
+        if !problems.is_empty() {
+            return Err(Diagnostics(problems));
+        }
+        let (audience, columns, transport, stages) =
+            checked.expect("no problems means everything was checked");
+        let hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()));
+        Ok(Campaign {
+            path: path.to_path_buf(),
+            text,
+            file,
+            audience,
+            columns,
+            transport,
+            stages,
+            hash,
+        })
+    }
+
+    /// Positions a problem a stage reported (`segment[1].rule` 2:5) in the file.
+    pub fn locate(&self, source: &str, line: u32, column: u32, message: &str) -> FileDiagnostic {
+        let display = self.path.display().to_string();
+        let map = SourceMap {
+            file: &display,
+            text: &self.text,
+        };
+        let (head, field) = source.split_once('.').unwrap_or((source, ""));
+        let index = |prefix: &str| {
+            head.strip_prefix(prefix)?
+                .strip_suffix(']')?
+                .parse::<usize>()
+                .ok()
+        };
+        let string_span: Option<Range<usize>> = if let Some(i) = index("segment[") {
+            self.file.segment.get(i).map(|s| {
+                if field == "rule" {
+                    s.rule.span()
+                } else {
+                    s.name.span()
+                }
+            })
+        } else if let Some(i) = index("message[") {
+            self.file.message.get(i).and_then(|m| match field {
+                "subject" => m.subject.as_ref().map(|s| s.span()),
+                "text" => Some(m.text.span()),
+                "html" => m.html.as_ref().map(|s| s.span()),
+                _ => Some(m.segment.span()),
+            })
+        } else if source == "delivery.from" {
+            Some(self.file.delivery.from.span())
+        } else {
+            None
+        };
+        let inside = matches!(field, "rule" | "subject" | "text" | "html");
+        match string_span {
+            Some(span) if inside => {
+                map.inside_string(&span, line, column, format!("{source}: {message}"))
+            }
+            Some(span) => map.at_span(&span, format!("{source}: {message}")),
+            None => map.at_offset(0, format!("{source}: {message}")),
+        }
+    }
+}
+
+type Checked = (AudienceSpec, Vec<String>, TransportSpec, StageSources);
+
+fn check(
+    file: &CampaignFile,
+    dir: &Path,
+    map: &SourceMap<'_>,
+    problems: &mut Vec<FileDiagnostic>,
+) -> Option<Checked> {
+    let c = &file.campaign;
+    let id = c.id.get_ref();
+    if id.is_empty()
+        || !id
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+    {
+        problems.push(map.at_span(
+            &c.id.span(),
+            "campaign id must be non-empty letters, digits, `-`, `_` or `.`",
+        ));
+    }
+
+    // Segments and messages refer to each other by name.
+    for (i, s) in file.segment.iter().enumerate() {
+        let name = s.name.get_ref();
+        if name.is_empty() || name.contains('/') {
+            problems.push(map.at_span(
+                &s.name.span(),
+                "segment name must be non-empty and contain no `/`",
+            ));
+        }
+        if file.segment[..i].iter().any(|o| o.name.get_ref() == name) {
+            problems
+                .push(map.at_span(&s.name.span(), format!("segment `{name}` is defined twice")));
+        }
+        if !file.message.iter().any(|m| m.segment.get_ref() == name) {
+            problems.push(map.at_span(
+                &s.name.span(),
+                format!("segment `{name}` has no [[message]]"),
+            ));
+        }
+    }
+    if file.segment.is_empty() {
+        problems.push(map.at_offset(
+            0,
+            "the campaign has no [[segment]]; add one (rule = \"true\" matches everyone)",
+        ));
+    }
+    let names: Vec<&str> = file
+        .segment
+        .iter()
+        .map(|s| s.name.get_ref().as_str())
+        .collect();
+    for (i, m) in file.message.iter().enumerate() {
+        let seg = m.segment.get_ref();
+        if !names.contains(&seg.as_str()) {
+            problems.push(map.at_span(
+                &m.segment.span(),
+                format!(
+                    "message refers to unknown segment `{seg}`; segments are: {}",
+                    names.join(", ")
+                ),
+            ));
+        }
+        let variant = m.variant.get_ref();
+        if variant.is_empty() || variant.contains('/') {
+            problems.push(map.at_span(
+                &m.segment.span(),
+                "variant must be non-empty and contain no `/`",
+            ));
+        }
+        if file.message[..i]
+            .iter()
+            .any(|o| o.segment.get_ref() == seg && o.variant.get_ref() == variant)
+        {
+            problems.push(map.at_span(
+                &m.segment.span(),
+                format!("message `{seg}/{variant}` is defined twice"),
+            ));
+        }
+        if c.channel == Channel::Email && m.subject.is_none() {
+            problems.push(map.at_span(&m.segment.span(), "an email message needs a `subject`"));
+        }
+    }
+
+    // Delivery.
+    let d = &file.delivery;
+    let transport = match d.transport.get_ref().as_str() {
+        "outbox" => Some(TransportSpec::Outbox),
+        "null" => Some(TransportSpec::Null),
+        other => {
+            match other
+                .strip_prefix("smtp://")
+                .and_then(|hp| hp.rsplit_once(':'))
+            {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                    Some(TransportSpec::Smtp {
+                        host: host.to_string(),
+                        port: port.parse().unwrap(),
+                    })
+                }
+                _ => {
+                    problems.push(map.at_span(
+                    &d.transport.span(),
+                    format!("unknown transport `{other}`; use `outbox`, `null` or `smtp://host:port`"),
+                ));
+                    None
+                }
+            }
+        }
+    };
+    if c.channel == Channel::Email
+        && d.from
+            .get_ref()
+            .parse::<lettre::message::Mailbox>()
+            .is_err()
+    {
+        problems.push(map.at_span(
+            &d.from.span(),
+            format!(
+                "`{}` is not a sender address like `Shop <news@example.com>`",
+                d.from.get_ref()
+            ),
+        ));
+    }
+    if c.channel != Channel::Email && matches!(transport, Some(TransportSpec::Smtp { .. })) {
+        problems.push(map.at_span(&d.transport.span(), "the smtp transport carries email only"));
+    }
+    if d.connections == 0 {
+        problems.push(map.at_span(
+            &d.transport.span(),
+            "delivery.connections must be at least 1",
+        ));
+    }
+
+    // Limits.
+    let l = &file.limits;
+    if !(1..=10_000).contains(&l.batch_size) {
+        problems.push(map.at_offset(0, "limits.batch_size must be between 1 and 10000"));
+    }
+    if l.max_attempts == 0 {
+        problems.push(map.at_offset(0, "limits.max_attempts must be at least 1"));
+    }
+
+    // Custom stages.
+    let stage = |source: &Option<toml::Spanned<String>>,
+                 name: &'static str,
+                 bytes: &'static [u8],
+                 problems: &mut Vec<FileDiagnostic>| {
+        match source {
+            None => Some(ComponentSource::Embedded { name, bytes }),
+            Some(p) => {
+                let path = dir.join(p.get_ref());
+                if path.is_file() {
+                    Some(ComponentSource::File(path))
+                } else {
+                    problems.push(map.at_span(
+                        &p.span(),
+                        format!("plugin {} does not exist", path.display()),
+                    ));
+                    None
+                }
+            }
+        }
+    };
+    let segmenter = stage(
+        &file.stages.segmenter,
+        "segmenter",
+        defaults::SEGMENTER,
+        problems,
+    );
+    let personaliser = stage(
+        &file.stages.personaliser,
+        "personaliser",
+        defaults::PERSONALISER,
+        problems,
+    );
+    let sender = stage(&file.stages.sender, "sender", defaults::SENDER, problems);
+
+    // Audience: its header must carry the id and address fields.
+    let a = &file.audience;
+    let path = dir.join(a.source.get_ref());
+    let address_field = a
+        .address_field
+        .as_ref()
+        .map(|f| f.get_ref().clone())
+        .unwrap_or_else(|| {
+            match c.channel {
+                Channel::Email => "email",
+                Channel::Sms => "phone",
+                Channel::Webhook => a.id_field.get_ref(),
+            }
+            .to_string()
+        });
+    let spec = AudienceSpec {
+        format: a.format.unwrap_or_else(|| Format::from_path(&path)),
+        path,
+        id_field: a.id_field.get_ref().clone(),
+        address_field,
+        declared: a
+            .fields
+            .iter()
+            .map(|(k, v)| (k.clone(), *v.get_ref()))
+            .collect(),
+        channel: c.channel,
+    };
+    let columns = match AudienceReader::open(&spec) {
+        Ok(reader) => {
+            let columns = reader.columns().to_vec();
+            for (name, ty) in &a.fields {
+                if !columns.contains(name) {
+                    problems.push(map.at_span(
+                        &ty.span(),
+                        format!("declared field `{name}` is not in the audience"),
+                    ));
+                }
+            }
+            Some(columns)
+        }
+        Err(e) => {
+            problems.push(map.at_span(&a.source.span(), e.to_string()));
+            None
+        }
+    };
+    Some((
+        spec,
+        columns?,
+        transport?,
+        StageSources {
+            segmenter: segmenter?,
+            personaliser: personaliser?,
+            sender: sender?,
+        },
+    ))
+}

@@ -1,0 +1,178 @@
+//! The campaign file as written (TOML). Unknown keys are errors: a typo in a
+//! setting must not silently fall back to a default.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::audience::{FieldType, Format};
+use crate::runtime::SandboxLimits;
+pub use squall_pipeline_core::message::Channel;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignFile {
+    pub campaign: CampaignSection,
+    pub audience: AudienceSection,
+    #[serde(default)]
+    pub segment: Vec<SegmentSection>,
+    #[serde(default)]
+    pub message: Vec<MessageSection>,
+    pub delivery: DeliverySection,
+    #[serde(default)]
+    pub stages: StagesSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignSection {
+    pub id: Spanned<String>,
+    pub channel: Channel,
+    /// The conversion event this campaign is judged by.
+    pub goal: Option<String>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudienceSection {
+    /// CSV or JSONL, relative to the campaign file.
+    pub source: Spanned<String>,
+    /// Defaults from the extension: `.jsonl`/`.ndjson` → jsonl, else csv.
+    pub format: Option<Format>,
+    /// Column holding the recipient's unique id.
+    #[serde(default = "default_id_field")]
+    pub id_field: Spanned<String>,
+    /// Column holding the address; defaults by channel: `email`, `phone`, or
+    /// the id for webhooks.
+    pub address_field: Option<Spanned<String>>,
+    /// Explicit types for fields whose values must not be inferred (e.g. a
+    /// zip code `"01234"` that must stay text), and fields a JSONL audience
+    /// carries beyond its first lines.
+    #[serde(default)]
+    pub fields: BTreeMap<String, Spanned<FieldType>>,
+}
+
+fn default_id_field() -> Spanned<String> {
+    Spanned::new(0..0, "id".to_string())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentSection {
+    pub name: Spanned<String>,
+    pub rule: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageSection {
+    pub segment: Spanned<String>,
+    #[serde(default = "default_variant")]
+    pub variant: Spanned<String>,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    pub subject: Option<Spanned<String>>,
+    pub text: Spanned<String>,
+    pub html: Option<Spanned<String>>,
+}
+
+fn default_variant() -> Spanned<String> {
+    Spanned::new(0..0, "a".to_string())
+}
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySection {
+    /// `outbox` (default), `smtp://host:port`, or `null` (discard; benchmarks).
+    #[serde(default = "default_transport")]
+    pub transport: Spanned<String>,
+    pub from: Spanned<String>,
+    pub reply_to: Option<String>,
+    /// Base of the one-click unsubscribe URL; the message id is appended.
+    #[serde(default = "default_unsubscribe_url")]
+    pub unsubscribe_url: String,
+    pub unsubscribe_mailto: Option<String>,
+    /// Target of SMS and webhook requests.
+    pub endpoint: Option<String>,
+    /// Parallel SMTP connections (pooled).
+    #[serde(default = "default_connections")]
+    pub connections: u32,
+}
+
+fn default_transport() -> Spanned<String> {
+    Spanned::new(0..0, "outbox".to_string())
+}
+fn default_unsubscribe_url() -> String {
+    "http://localhost:8080/u".to_string()
+}
+fn default_connections() -> u32 {
+    8
+}
+
+/// Custom stage components (plugins), relative to the campaign file. Each
+/// must implement its stage's WIT world.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StagesSection {
+    pub segmenter: Option<Spanned<String>>,
+    pub personaliser: Option<Spanned<String>>,
+    pub sender: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Recipients per batch: per queue message and per Wasm call.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u32,
+    /// Attempts at a batch before it is dead-lettered.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Linear memory one stage instance may use.
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u32,
+    /// Time one stage call (one batch) may take.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl LimitsSection {
+    pub fn sandbox(&self) -> SandboxLimits {
+        SandboxLimits {
+            memory_mb: self.memory_mb,
+            timeout_ms: self.timeout_ms,
+        }
+    }
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            batch_size: default_batch_size(),
+            max_attempts: default_max_attempts(),
+            memory_mb: default_memory_mb(),
+            timeout_ms: default_timeout_ms(),
+        }
+    }
+}
+
+fn default_memory_mb() -> u32 {
+    SandboxLimits::default().memory_mb
+}
+fn default_timeout_ms() -> u64 {
+    SandboxLimits::default().timeout_ms
+}
+
+fn default_batch_size() -> u32 {
+    500
+}
+fn default_max_attempts() -> u32 {
+    3
+}

@@ -1,0 +1,54 @@
+//! Executing delivery requests. The sender stage decides *what* to send;
+//! a transport sends it and classifies the outcome.
+
+pub mod null;
+pub mod outbox;
+pub mod outcome;
+pub mod smtp;
+
+use std::collections::HashSet;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use squall_pipeline_core::message::{Channel, DeliveryRequest};
+
+pub use outcome::Outcome;
+
+use crate::store::LedgerKey;
+
+/// What the outbox records of a message, and what tests read back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxRecord {
+    pub campaign: String,
+    pub message_id: String,
+    pub recipient_id: String,
+    pub to: String,
+    pub channel: Channel,
+    pub segment: String,
+    pub variant: String,
+    pub subject: String,
+    pub text: String,
+    pub html: Option<String>,
+}
+
+/// One message ready to go: its ledger identity, its content, and the
+/// provider request the sender stage built for it.
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    pub key: LedgerKey,
+    pub record: OutboxRecord,
+    pub request: DeliveryRequest,
+}
+
+#[async_trait]
+pub trait Transport: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// One outcome per dispatch, in order.
+    async fn deliver(&self, batch: &[Dispatch]) -> Vec<Outcome>;
+
+    /// Of these message ids, which surely were delivered; `None` when the
+    /// transport cannot know (SMTP: the server may have accepted a message
+    /// whose reply never arrived). Used to settle claims a crash left open.
+    async fn reconcile(&self, message_ids: &HashSet<String>) -> Option<HashSet<String>>;
+}

@@ -1,0 +1,75 @@
+//! Core records ↔ WIT records. Values are moved across, never cloned.
+
+use squall_pipeline_core::message::Outgoing;
+use squall_pipeline_core::{Record, Value};
+
+use crate::runtime::wit_types as wit;
+
+pub fn to_wit(r: Record) -> wit::Recipient {
+    wit::Recipient {
+        id: r.id,
+        address: r.address,
+        values: r
+            .values
+            .into_iter()
+            .map(|v| {
+                v.map(|v| match v {
+                    Value::Text(s) => wit::Value::Text(s),
+                    Value::Number(n) => wit::Value::Number(n),
+                    Value::Bool(b) => wit::Value::Boolean(b),
+                })
+            })
+            .collect(),
+    }
+}
+
+pub fn from_wit(r: wit::Recipient) -> Record {
+    Record {
+        id: r.id,
+        address: r.address,
+        values: r
+            .values
+            .into_iter()
+            .map(|v| {
+                v.map(|v| match v {
+                    wit::Value::Text(s) => Value::Text(s),
+                    wit::Value::Number(n) => Value::Number(n),
+                    wit::Value::Boolean(b) => Value::Bool(b),
+                })
+            })
+            .collect(),
+    }
+}
+
+pub fn outgoing_to_wit(m: &Outgoing) -> wit::OutgoingMessage {
+    wit::OutgoingMessage {
+        message_id: m.message_id.clone(),
+        recipient_id: m.recipient_id.clone(),
+        address: m.address.clone(),
+        segment: m.segment.clone(),
+        variant: m.variant.clone(),
+        unsubscribe_url: m.unsubscribe_url.clone(),
+        content: wit::RenderedMessage {
+            subject: m.content.subject.clone(),
+            text: m.content.text.clone(),
+            html: m.content.html.clone(),
+        },
+    }
+}
+
+pub fn request_from_wit(r: wit::DeliveryRequest) -> squall_pipeline_core::message::DeliveryRequest {
+    use squall_pipeline_core::message::DeliveryRequest as D;
+    match r {
+        wit::DeliveryRequest::Smtp(s) => D::Smtp {
+            mail_from: s.mail_from,
+            rcpt_to: s.rcpt_to,
+            data: s.data,
+        },
+        wit::DeliveryRequest::Http(h) => D::Http {
+            method: h.method,
+            url: h.url,
+            headers: h.headers,
+            body: h.body,
+        },
+    }
+}

@@ -1,0 +1,198 @@
+//! The batch envelope: what one queue message carries between stages.
+//! Versioned, campaign-scoped, and split to fit the queue's size limit.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use squall_pipeline_core::Record;
+use squall_pipeline_core::message::Outgoing;
+
+pub const ENVELOPE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    pub v: u32,
+    pub campaign: String,
+    pub wave: u32,
+    /// Stable id: the audience chunk it came from, plus `.0`/`.1` per split.
+    /// A redelivered or re-produced batch has the same id.
+    pub batch: String,
+    /// Field names the records' values line up with (empty for the send stage).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<String>,
+    pub items: Vec<T>,
+}
+
+/// Input of the personalise stage: a recipient and where the segmenter put them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Placed {
+    pub record: Record,
+    pub segment: String,
+    pub variant: String,
+    /// Index of the campaign's `[[message]]`.
+    pub message: u32,
+}
+
+pub type SegmentEnvelope = Envelope<Record>;
+pub type PersonaliseEnvelope = Envelope<Placed>;
+pub type SendEnvelope = Envelope<Outgoing>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("not a Squall batch envelope: {0}")]
+    Malformed(String),
+    #[error("envelope version {0} is not supported (this squall reads version {ENVELOPE_VERSION})")]
+    Version(u32),
+}
+
+impl<T: Serialize + DeserializeOwned> Envelope<T> {
+    pub fn new(campaign: &str, batch: String, columns: Vec<String>, items: Vec<T>) -> Self {
+        Envelope {
+            v: ENVELOPE_VERSION,
+            campaign: campaign.to_string(),
+            wave: 0,
+            batch,
+            columns,
+            items,
+        }
+    }
+
+    pub fn decode(body: &[u8]) -> Result<Self, EnvelopeError> {
+        #[derive(Deserialize)]
+        struct Version {
+            v: u32,
+        }
+        let version: Version =
+            serde_json::from_slice(body).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        if version.v != ENVELOPE_VERSION {
+            return Err(EnvelopeError::Version(version.v));
+        }
+        serde_json::from_slice(body).map_err(|e| EnvelopeError::Malformed(e.to_string()))
+    }
+
+    /// Encodes into bodies of at most `max` bytes, halving the batch (ids
+    /// `<batch>.0`, `<batch>.1`) until each part fits. A single item too large
+    /// on its own is handed back to be dead-lettered.
+    pub fn encode(self, max: usize) -> Encoded<T> {
+        let mut out = Encoded {
+            bodies: Vec::new(),
+            oversized: Vec::new(),
+        };
+        self.encode_into(max, &mut out);
+        out
+    }
+
+    fn encode_into(self, max: usize, out: &mut Encoded<T>) {
+        let body = serde_json::to_vec(&self).expect("envelopes always serialise");
+        if body.len() <= max {
+            out.bodies.push(body);
+            return;
+        }
+        let Envelope {
+            v,
+            campaign,
+            wave,
+            batch,
+            columns,
+            mut items,
+        } = self;
+        if items.len() <= 1 {
+            out.oversized
+                .extend(items.into_iter().map(|i| (batch.clone(), i, body.len())));
+            return;
+        }
+        let tail = items.split_off(items.len() / 2);
+        let part = |suffix: &str, items: Vec<T>| Envelope {
+            v,
+            campaign: campaign.clone(),
+            wave,
+            batch: format!("{batch}.{suffix}"),
+            columns: columns.clone(),
+            items,
+        };
+        part("0", items).encode_into(max, out);
+        part("1", tail).encode_into(max, out);
+    }
+}
+
+pub struct Encoded<T> {
+    pub bodies: Vec<Vec<u8>>,
+    /// (batch id, item, encoded size) of items too large for any message.
+    pub oversized: Vec<(String, T, usize)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use squall_pipeline_core::Value;
+
+    use super::*;
+
+    fn records(n: usize, text_len: usize) -> Vec<Record> {
+        (0..n)
+            .map(|i| Record {
+                id: i.to_string(),
+                address: format!("{i}@x.test"),
+                values: vec![
+                    Some(Value::Text("x".repeat(text_len))),
+                    None,
+                    Some(Value::Number(1.5)),
+                ],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn round_trips() {
+        let env = Envelope::new(
+            "c",
+            "000001".into(),
+            vec!["a".into(), "b".into(), "c".into()],
+            records(3, 4),
+        );
+        let bodies = env.clone().encode(1 << 20).bodies;
+        assert_eq!(bodies.len(), 1);
+        assert_eq!(SegmentEnvelope::decode(&bodies[0]).unwrap(), env);
+    }
+
+    #[test]
+    fn splits_to_fit_and_keeps_every_item() {
+        let env = Envelope::new("c", "7".into(), vec![], records(100, 1000));
+        let out = env.encode(20_000);
+        assert!(out.bodies.len() > 4);
+        assert!(out.bodies.iter().all(|b| b.len() <= 20_000));
+        let decoded: Vec<SegmentEnvelope> = out
+            .bodies
+            .iter()
+            .map(|b| Envelope::decode(b).unwrap())
+            .collect();
+        assert_eq!(decoded.iter().map(|e| e.items.len()).sum::<usize>(), 100);
+        assert!(decoded.iter().all(|e| e.batch.starts_with("7.")));
+        assert!(out.oversized.is_empty());
+    }
+
+    #[test]
+    fn an_item_too_large_alone_is_handed_back() {
+        let mut items = records(3, 10);
+        items[1] = records(1, 50_000).remove(0);
+        let out = Envelope::new("c", "1".into(), vec![], items).encode(10_000);
+        assert_eq!(out.oversized.len(), 1);
+        assert_eq!(
+            out.bodies
+                .iter()
+                .map(|b| SegmentEnvelope::decode(b).unwrap().items.len())
+                .sum::<usize>(),
+            2
+        );
+    }
+
+    #[test]
+    fn rejects_other_versions_and_garbage() {
+        assert!(matches!(
+            SegmentEnvelope::decode(b"{\"v\":99}"),
+            Err(EnvelopeError::Version(99))
+        ));
+        assert!(matches!(
+            SegmentEnvelope::decode(b"\x00\x01"),
+            Err(EnvelopeError::Malformed(_))
+        ));
+    }
+}

@@ -1,0 +1,413 @@
+//! One campaign, one machine: `squall run`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use super::counters::RunCounters;
+use super::intake::Intake;
+use super::prepare::{self, PrepareError};
+use super::stages::{PersonaliseProcessor, SegmentProcessor, SendProcessor, Shared};
+use super::worker::{self, WorkerContext};
+use crate::campaign::{Campaign, TransportSpec};
+use crate::delivery::Transport;
+use crate::delivery::null::NullTransport;
+use crate::delivery::outbox::OutboxTransport;
+use crate::delivery::smtp::SmtpTransport;
+use crate::queue::Queue;
+use crate::queue::embedded::EmbeddedQueue;
+use crate::runtime::StageEngine;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Settlement, Store};
+
+pub struct RunOptions {
+    pub data_dir: PathBuf,
+    /// Parallel personalise workers (the heaviest stage).
+    pub personalise_workers: usize,
+    /// Called with (finished recipients, this run's counters) while running.
+    pub on_progress: Option<Box<dyn Fn(&RunCounters) + Send + Sync>>,
+    /// Set to stop early; the run exits cleanly and can be resumed.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl RunOptions {
+    pub fn new(data_dir: PathBuf) -> RunOptions {
+        RunOptions {
+            data_dir,
+            personalise_workers: 2,
+            on_progress: None,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// The campaign's totals (durable, across runs) and this run's own figures.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunReport {
+    pub campaign: String,
+    /// Audience rows read (valid or not).
+    pub audience: u64,
+    pub rejected: u64,
+    pub unsegmented: u64,
+    pub per_segment: BTreeMap<String, u64>,
+    pub per_variant: BTreeMap<String, u64>,
+    pub sent: u64,
+    pub failed: u64,
+    /// Maybe sent by a run that crashed mid-request; never sent again.
+    pub in_doubt: u64,
+    pub dead_lettered: u64,
+    /// Messages this run found already sent (after a crash or a re-run).
+    pub skipped_already_sent: u64,
+    pub complete: bool,
+    pub elapsed_ms: u64,
+    pub outbox: Option<PathBuf>,
+    pub rejects_file: PathBuf,
+    pub stage_busy_ms: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Invalid(#[from] PrepareError),
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+pub async fn run(campaign: &Campaign, opts: RunOptions) -> Result<RunReport, RunError> {
+    let started = Instant::now();
+    let engine = StageEngine::new(&campaign.file.limits.sandbox())?;
+    let stages = prepare::stages(campaign, &engine)?;
+    Ok(execute(campaign, stages, opts, started).await?)
+}
+
+async fn execute(
+    campaign: &Campaign,
+    stages: prepare::Stages,
+    opts: RunOptions,
+    started: Instant,
+) -> anyhow::Result<RunReport> {
+    std::fs::create_dir_all(&opts.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            opts.data_dir.display()
+        )
+    })?;
+    // One process per data directory: the embedded queue and the recovery
+    // below assume nobody else holds messages or claims.
+    let lock_path = opts.data_dir.join("squall.lock");
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)?;
+    let mut lock = fd_lock::RwLock::new(lock_file);
+    let _guard = lock.try_write().map_err(|_| {
+        anyhow::anyhow!(
+            "another squall process is using {}; wait for it to finish or use another --data-dir",
+            opts.data_dir.display()
+        )
+    })?;
+
+    let queue = Arc::new(EmbeddedQueue::open(&opts.data_dir.join("queue.sqlite"))?);
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&opts.data_dir.join("state.sqlite"))?);
+    let outbox_path = opts.data_dir.join("outbox.jsonl");
+    let transport: Arc<dyn Transport> = match &campaign.transport {
+        TransportSpec::Outbox => Arc::new(
+            OutboxTransport::open(&outbox_path)
+                .with_context(|| format!("cannot open {}", outbox_path.display()))?,
+        ),
+        TransportSpec::Smtp { host, port } => Arc::new(SmtpTransport::new(
+            host,
+            *port,
+            campaign.file.delivery.connections,
+        )),
+        TransportSpec::Null => Arc::new(NullTransport),
+    };
+
+    let id = campaign.id().to_string();
+    let state = store.open_campaign(&id, &campaign.hash).await?;
+    if state.definition_hash != campaign.hash {
+        tracing::warn!(
+            campaign = id,
+            "the campaign file changed since this campaign started; messages already sent stay sent, the rest use the new file"
+        );
+    }
+    let owner = format!("run-{:016x}", rand::random::<u64>());
+    let recovered = queue.recover_abandoned().await?;
+    if recovered > 0 {
+        tracing::info!(
+            batches = recovered,
+            "resuming: batches a previous run held are back in the queues"
+        );
+    }
+    settle_in_doubt(&*store, &*transport, &id, &owner).await?;
+
+    let queue_dyn: Arc<dyn Queue> = queue.clone();
+    let counters = Arc::new(RunCounters::default());
+    let names = |stage: &str| format!("{id}.{stage}");
+    let shared = Shared {
+        campaign: id.clone(),
+        channel: campaign.channel(),
+        queue: queue_dyn.clone(),
+        store: store.clone(),
+        counters: counters.clone(),
+        segments: Arc::new(
+            campaign
+                .file
+                .segment
+                .iter()
+                .map(|s| s.name.get_ref().clone())
+                .collect(),
+        ),
+        messages: Arc::new(
+            campaign
+                .file
+                .message
+                .iter()
+                .map(|m| (m.segment.get_ref().clone(), m.variant.get_ref().clone()))
+                .collect(),
+        ),
+        unsubscribe_base: campaign.file.delivery.unsubscribe_url.clone(),
+    };
+    let limits = &campaign.file.limits;
+    // A batch must never come back while it is still being worked on.
+    let visibility = Duration::from_millis(limits.timeout_ms * 3).max(Duration::from_secs(60));
+    let ctx = |stage: &str, upstream: &Arc<AtomicBool>| WorkerContext {
+        queue: queue_dyn.clone(),
+        store: store.clone(),
+        campaign: id.clone(),
+        input: names(stage),
+        max_attempts: limits.max_attempts,
+        visibility,
+        counters: counters.clone(),
+        upstream_done: upstream.clone(),
+        stop: opts.stop.clone(),
+    };
+
+    let intake_done = Arc::new(AtomicBool::new(state.intake_finished));
+    let segment_done = Arc::new(AtomicBool::new(false));
+    let personalise_done = Arc::new(AtomicBool::new(false));
+    let mut tasks = tokio::task::JoinSet::new();
+
+    if !state.intake_finished {
+        let intake = Intake {
+            campaign: id.clone(),
+            audience: campaign.audience.clone(),
+            columns: campaign.columns.clone(),
+            batch_size: limits.batch_size as u64,
+            queue: queue_dyn.clone(),
+            output: names("segment"),
+            store: store.clone(),
+            counters: counters.clone(),
+            resume_from: state.intake_batches_done,
+            read_ahead: 16,
+            stop: opts.stop.clone(),
+        };
+        let done = intake_done.clone();
+        tasks.spawn(async move {
+            let r = intake.run().await;
+            done.store(true, Ordering::Release);
+            r.context("audience intake")
+        });
+    }
+    {
+        let ctx = ctx("segment", &intake_done);
+        let p = SegmentProcessor {
+            shared: shared.clone(),
+            stage: Some(stages.segmenter),
+            next_queue: names("personalise"),
+        };
+        let done = segment_done.clone();
+        tasks.spawn(async move {
+            let r = worker::run(&ctx, p).await;
+            done.store(true, Ordering::Release);
+            r.context("segment worker")
+        });
+    }
+    {
+        let mut workers = tokio::task::JoinSet::new();
+        let first = stages.personaliser;
+        let mut instances = Vec::new();
+        for _ in 1..opts.personalise_workers.max(1) {
+            instances.push(first.fork().map_err(|e| anyhow::anyhow!("{e}"))?);
+        }
+        instances.push(first);
+        for stage in instances {
+            let ctx = ctx("personalise", &segment_done);
+            let p = PersonaliseProcessor {
+                shared: shared.clone(),
+                stage: Some(stage),
+                next_queue: names("send"),
+            };
+            workers.spawn(async move { worker::run(&ctx, p).await });
+        }
+        let done = personalise_done.clone();
+        tasks.spawn(async move {
+            let mut result = Ok(());
+            while let Some(r) = workers.join_next().await {
+                if let Err(e) = r.map_err(anyhow::Error::from).and_then(|r| r) {
+                    result = Err(e);
+                }
+            }
+            done.store(true, Ordering::Release);
+            result.context("personalise worker")
+        });
+    }
+    {
+        let ctx = ctx("send", &personalise_done);
+        let p = SendProcessor {
+            shared: shared.clone(),
+            stage: Some(stages.sender),
+            transport: transport.clone(),
+            owner: owner.clone(),
+        };
+        tasks.spawn(async move { worker::run(&ctx, p).await.context("send worker") });
+    }
+
+    let progress = opts.on_progress.map(|f| {
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            loop {
+                f(&counters);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    });
+    let mut failure = None;
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r.map_err(anyhow::Error::from).and_then(|r| r) {
+            // A worker's infrastructure failed (disk, database): stop the
+            // others; everything in flight comes back on the next run.
+            opts.stop.store(true, Ordering::Relaxed);
+            failure.get_or_insert(e);
+        }
+    }
+    if let Some(p) = progress {
+        p.abort();
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+
+    let mut report = report(&*store, &id).await?;
+    report.complete =
+        !opts.stop.load(Ordering::Relaxed) && report_complete(&*store, &*queue, &id).await?;
+    report.skipped_already_sent = RunCounters::get(&counters.skipped_already_sent);
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    report.outbox = (campaign.transport == TransportSpec::Outbox).then_some(outbox_path);
+    report.rejects_file = write_rejects(&*store, &opts.data_dir, &id).await?;
+    for (stage, c) in [
+        ("segment", &counters.segment_busy_us),
+        ("personalise", &counters.personalise_busy_us),
+        ("send", &counters.send_busy_us),
+    ] {
+        report
+            .stage_busy_ms
+            .insert(stage.to_string(), RunCounters::get(c) / 1000);
+    }
+    Ok(report)
+}
+
+/// Claims left open by a run that died: delivered if the transport can
+/// prove it, released (sent again) if it proves the opposite, else in doubt
+/// and never sent again.
+async fn settle_in_doubt(
+    store: &dyn Store,
+    transport: &dyn Transport,
+    campaign: &str,
+    owner: &str,
+) -> anyhow::Result<()> {
+    let open = store.unsettled(campaign, owner).await?;
+    if open.is_empty() {
+        return Ok(());
+    }
+    let ids: HashSet<String> = open.iter().map(|u| u.message_id.clone()).collect();
+    let known = transport.reconcile(&ids).await;
+    let resolved: Vec<_> = open
+        .into_iter()
+        .map(|u| {
+            let s = match &known {
+                Some(delivered) if delivered.contains(&u.message_id) => Settlement::Delivered,
+                Some(_) => Settlement::Released,
+                None => Settlement::InDoubt,
+            };
+            (u.key, s)
+        })
+        .collect();
+    let in_doubt = resolved
+        .iter()
+        .filter(|(_, s)| *s == Settlement::InDoubt)
+        .count();
+    tracing::info!(
+        open_claims = resolved.len(),
+        in_doubt,
+        transport = transport.name(),
+        "settled the delivery claims a previous run left open"
+    );
+    store.resolve(campaign, &resolved).await?;
+    Ok(())
+}
+
+pub async fn report(store: &dyn Store, campaign: &str) -> anyhow::Result<RunReport> {
+    let state = store.open_campaign(campaign, "").await?;
+    let segment = store.stage_totals(campaign, "segment").await?;
+    let ledger = store.ledger_totals(campaign).await?;
+    let dead: u64 = store
+        .dead_letters(campaign)
+        .await?
+        .iter()
+        .map(|d| d.recipients)
+        .sum();
+    Ok(RunReport {
+        campaign: campaign.to_string(),
+        audience: state.rows_read,
+        rejected: store.rejects(campaign).await?.len() as u64,
+        unsegmented: segment.unsegmented,
+        per_segment: segment.per_segment,
+        per_variant: segment.per_variant,
+        sent: ledger.delivered,
+        failed: ledger.failed,
+        in_doubt: ledger.in_doubt,
+        dead_lettered: dead,
+        ..Default::default()
+    })
+}
+
+async fn report_complete(
+    store: &dyn Store,
+    queue: &EmbeddedQueue,
+    campaign: &str,
+) -> anyhow::Result<bool> {
+    let state = store.open_campaign(campaign, "").await?;
+    let mut empty = true;
+    for stage in ["segment", "personalise", "send"] {
+        empty &= queue.depth(&format!("{campaign}.{stage}")).await?.total() == 0;
+    }
+    Ok(state.intake_finished && empty)
+}
+
+/// `<data-dir>/rejects/<campaign>.jsonl`: every rejected row with its line
+/// and reason, rewritten whole from the store after each run.
+async fn write_rejects(
+    store: &dyn Store,
+    data_dir: &std::path::Path,
+    campaign: &str,
+) -> anyhow::Result<PathBuf> {
+    let dir = data_dir.join("rejects");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{campaign}.jsonl"));
+    let mut out = Vec::new();
+    for r in store.rejects(campaign).await? {
+        serde_json::to_writer(&mut out, &r)?;
+        out.push(b'\n');
+    }
+    let tmp = path.with_extension("jsonl.tmp");
+    std::fs::write(&tmp, out)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}

@@ -1,0 +1,509 @@
+//! The three stage processors: decode a batch, call the Wasm stage, hand
+//! the result to the next queue, record what happened.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use squall_pipeline_core::ids::message_id;
+use squall_pipeline_core::message::{Channel, Outgoing};
+use squall_pipeline_core::template::Rendered;
+
+use super::convert::{from_wit, outgoing_to_wit, request_from_wit, to_wit};
+use super::counters::RunCounters;
+use super::envelope::{Envelope, PersonaliseEnvelope, Placed, SegmentEnvelope, SendEnvelope};
+use super::worker::{BatchFailure, Processor, dead_letter_item};
+use crate::delivery::{Dispatch, OutboxRecord, Outcome, Transport};
+use crate::queue::{Delivery, Queue};
+use crate::runtime::{
+    PersonaliserStage, SegmenterStage, SenderStage, StageError, wit_types as wit,
+};
+use crate::store::{BatchStats, ClaimOutcome, LedgerClaim, LedgerKey, Settlement, Store};
+
+/// What every processor shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub campaign: String,
+    pub channel: Channel,
+    pub queue: Arc<dyn Queue>,
+    pub store: Arc<dyn Store>,
+    pub counters: Arc<RunCounters>,
+    /// `segment` names and `segment/variant` keys by index, from the campaign.
+    pub segments: Arc<Vec<String>>,
+    pub messages: Arc<Vec<(String, String)>>,
+    pub unsubscribe_base: String,
+}
+
+fn retry(e: StageError, recipients: u64) -> BatchFailure {
+    BatchFailure::Retry {
+        reason: e.to_string(),
+        recipients,
+    }
+}
+
+fn poison<E: std::fmt::Display>(e: E) -> BatchFailure {
+    BatchFailure::Poison {
+        reason: e.to_string(),
+        recipients: 0,
+    }
+}
+
+fn infra<E: std::fmt::Display>(e: E, recipients: u64) -> BatchFailure {
+    BatchFailure::Retry {
+        reason: format!("infrastructure: {e}"),
+        recipients,
+    }
+}
+
+/// Runs a Wasm stage call on the blocking pool, handing the stage back.
+async fn blocking<S: Send + 'static, A: Send + 'static, R: Send + 'static>(
+    stage: S,
+    arg: A,
+    f: impl FnOnce(&mut S, &A) -> R + Send + 'static,
+) -> (S, A, R) {
+    tokio::task::spawn_blocking(move || {
+        let mut stage = stage;
+        let r = f(&mut stage, &arg);
+        (stage, arg, r)
+    })
+    .await
+    .expect("stage call panicked in the host")
+}
+
+async fn forward<T: serde::Serialize + serde::de::DeserializeOwned + Clone>(
+    shared: &Shared,
+    stage: &str,
+    queue: &str,
+    env: Envelope<T>,
+) -> Result<(), BatchFailure> {
+    let recipients = env.items.len() as u64;
+    let encoded = env.encode(shared.queue.max_message_size());
+    for (batch, item, size) in encoded.oversized {
+        let payload = serde_json::to_string(&item).unwrap_or_default();
+        let reason = format!(
+            "message of {size} bytes exceeds the queue's limit of {} bytes",
+            shared.queue.max_message_size()
+        );
+        dead_letter_item(
+            &*shared.store,
+            &shared.counters,
+            &shared.campaign,
+            stage,
+            format!("{batch}/oversized"),
+            reason,
+            payload,
+        )
+        .await
+        .map_err(|e| infra(e, recipients))?;
+    }
+    if !encoded.bodies.is_empty() {
+        shared
+            .queue
+            .send(queue, encoded.bodies)
+            .await
+            .map_err(|e| infra(e, recipients))?;
+    }
+    Ok(())
+}
+
+pub struct SegmentProcessor {
+    pub shared: Shared,
+    pub stage: Option<SegmenterStage>,
+    pub next_queue: String,
+}
+
+impl Processor for SegmentProcessor {
+    fn stage(&self) -> &'static str {
+        "segment"
+    }
+
+    async fn process(&mut self, delivery: &Delivery) -> Result<(), BatchFailure> {
+        let env = SegmentEnvelope::decode(&delivery.body).map_err(poison)?;
+        let n = env.items.len() as u64;
+        let batch = wit::RecipientBatch {
+            campaign: env.campaign.clone(),
+            columns: env.columns.clone(),
+            recipients: env.items.into_iter().map(to_wit).collect(),
+        };
+        let started = Instant::now();
+        let (stage, batch, result) =
+            blocking(self.stage.take().expect("stage in hand"), batch, |s, b| {
+                s.assign(b)
+            })
+            .await;
+        self.stage = Some(stage);
+        RunCounters::add(
+            &self.shared.counters.segment_busy_us,
+            started.elapsed().as_micros() as u64,
+        );
+        let assignments = result.map_err(|e| retry(e, n))?;
+        if assignments.len() != batch.recipients.len() {
+            return Err(BatchFailure::Retry {
+                reason: format!(
+                    "segmenter returned {} assignments for {} recipients",
+                    assignments.len(),
+                    n
+                ),
+                recipients: n,
+            });
+        }
+        let mut stats = BatchStats {
+            recipients: n,
+            ..Default::default()
+        };
+        let mut placed = Vec::with_capacity(batch.recipients.len());
+        for (recipient, a) in batch.recipients.into_iter().zip(assignments) {
+            match a {
+                wit::Assignment::Unsegmented => stats.unsegmented += 1,
+                wit::Assignment::Assigned(p) => {
+                    let (Some(segment), Some((msg_segment, variant))) = (
+                        self.shared.segments.get(p.segment as usize),
+                        self.shared.messages.get(p.message as usize),
+                    ) else {
+                        return Err(BatchFailure::Retry {
+                            reason: format!(
+                                "segmenter placed a recipient in unknown segment/message {}/{}",
+                                p.segment, p.message
+                            ),
+                            recipients: n,
+                        });
+                    };
+                    if msg_segment != segment {
+                        return Err(BatchFailure::Retry {
+                            reason: format!(
+                                "segmenter chose message {variant} of `{msg_segment}` for segment `{segment}`"
+                            ),
+                            recipients: n,
+                        });
+                    }
+                    *stats.per_segment.entry(segment.clone()).or_default() += 1;
+                    *stats
+                        .per_variant
+                        .entry(format!("{segment}/{variant}"))
+                        .or_default() += 1;
+                    placed.push(Placed {
+                        record: from_wit(recipient),
+                        segment: segment.clone(),
+                        variant: variant.clone(),
+                        message: p.message,
+                    });
+                }
+            }
+        }
+        let out = Envelope::new(&env.campaign, env.batch.clone(), batch.columns, placed);
+        forward(&self.shared, "segment", &self.next_queue, out).await?;
+        self.shared
+            .store
+            .record_batch(&env.campaign, "segment", &env.batch, &stats)
+            .await
+            .map_err(|e| infra(e, n))?;
+        RunCounters::add(&self.shared.counters.segmented, n - stats.unsegmented);
+        RunCounters::add(&self.shared.counters.unsegmented, stats.unsegmented);
+        Ok(())
+    }
+}
+
+pub struct PersonaliseProcessor {
+    pub shared: Shared,
+    pub stage: Option<PersonaliserStage>,
+    pub next_queue: String,
+}
+
+impl Processor for PersonaliseProcessor {
+    fn stage(&self) -> &'static str {
+        "personalise"
+    }
+
+    async fn process(&mut self, delivery: &Delivery) -> Result<(), BatchFailure> {
+        let env = PersonaliseEnvelope::decode(&delivery.body).map_err(poison)?;
+        let n = env.items.len() as u64;
+        let picks: Vec<u32> = env.items.iter().map(|p| p.message).collect();
+        let mut meta = Vec::with_capacity(env.items.len());
+        let mut recipients = Vec::with_capacity(env.items.len());
+        for p in env.items {
+            meta.push((p.segment, p.variant));
+            recipients.push(to_wit(p.record));
+        }
+        let batch = wit::RecipientBatch {
+            campaign: env.campaign.clone(),
+            columns: env.columns,
+            recipients,
+        };
+        let started = Instant::now();
+        let (stage, (batch, _), result) = blocking(
+            self.stage.take().expect("stage in hand"),
+            (batch, picks),
+            |s, (b, p)| s.render(b, p),
+        )
+        .await;
+        self.stage = Some(stage);
+        RunCounters::add(
+            &self.shared.counters.personalise_busy_us,
+            started.elapsed().as_micros() as u64,
+        );
+        let rendered = result.map_err(|e| retry(e, n))?;
+        if rendered.len() != batch.recipients.len() {
+            return Err(BatchFailure::Retry {
+                reason: format!(
+                    "personaliser returned {} messages for {} recipients",
+                    rendered.len(),
+                    n
+                ),
+                recipients: n,
+            });
+        }
+        let mut out = Vec::with_capacity(rendered.len());
+        let stats = BatchStats {
+            recipients: n,
+            ..Default::default()
+        };
+        for ((recipient, (segment, variant)), r) in
+            batch.recipients.into_iter().zip(meta).zip(rendered)
+        {
+            let key = format!("{segment}/{variant}");
+            match r {
+                Ok(m) => {
+                    let id = message_id(&env.campaign, &recipient.id, &key);
+                    out.push(Outgoing {
+                        unsubscribe_url: format!(
+                            "{}/{id}",
+                            self.shared.unsubscribe_base.trim_end_matches('/')
+                        ),
+                        message_id: id,
+                        recipient_id: recipient.id,
+                        address: recipient.address,
+                        segment,
+                        variant,
+                        content: Rendered {
+                            subject: m.subject,
+                            text: m.text,
+                            html: m.html,
+                        },
+                    });
+                }
+                Err(reason) => {
+                    let payload =
+                        serde_json::to_string(&from_wit(recipient.clone())).unwrap_or_default();
+                    dead_letter_item(
+                        &*self.shared.store,
+                        &self.shared.counters,
+                        &env.campaign,
+                        "personalise",
+                        format!("{}/{}", env.batch, recipient.id),
+                        format!(
+                            "cannot render `{key}` for recipient {}: {reason}",
+                            recipient.id
+                        ),
+                        payload,
+                    )
+                    .await
+                    .map_err(|e| infra(e, n))?;
+                }
+            }
+        }
+        let rendered_count = out.len() as u64;
+        forward(
+            &self.shared,
+            "personalise",
+            &self.next_queue,
+            Envelope::new(&env.campaign, env.batch.clone(), vec![], out),
+        )
+        .await?;
+        self.shared
+            .store
+            .record_batch(&env.campaign, "personalise", &env.batch, &stats)
+            .await
+            .map_err(|e| infra(e, n))?;
+        RunCounters::add(&self.shared.counters.rendered, rendered_count);
+        Ok(())
+    }
+}
+
+pub struct SendProcessor {
+    pub shared: Shared,
+    pub stage: Option<SenderStage>,
+    pub transport: Arc<dyn Transport>,
+    /// Ledger owner: this run.
+    pub owner: String,
+}
+
+impl Processor for SendProcessor {
+    fn stage(&self) -> &'static str {
+        "send"
+    }
+
+    async fn process(&mut self, delivery: &Delivery) -> Result<(), BatchFailure> {
+        let env = SendEnvelope::decode(&delivery.body).map_err(poison)?;
+        let n = env.items.len() as u64;
+        let shared = &self.shared;
+        let key = |m: &Outgoing| LedgerKey {
+            recipient_id: m.recipient_id.clone(),
+            message_key: format!("{}/{}", m.segment, m.variant),
+        };
+        let claims: Vec<LedgerClaim> = env
+            .items
+            .iter()
+            .map(|m| LedgerClaim {
+                key: key(m),
+                message_id: m.message_id.clone(),
+            })
+            .collect();
+        let outcomes = shared
+            .store
+            .claim(&env.campaign, &self.owner, &claims)
+            .await
+            .map_err(|e| infra(e, n))?;
+        let mut busy = 0u64;
+        let mut mine = Vec::new();
+        for (m, o) in env.items.into_iter().zip(outcomes) {
+            match o {
+                ClaimOutcome::Claimed => mine.push(m),
+                ClaimOutcome::Settled => RunCounters::add(&shared.counters.skipped_already_sent, 1),
+                ClaimOutcome::Busy => busy += 1,
+            }
+        }
+        if !mine.is_empty() {
+            self.send_claimed(&env.campaign, &env.batch, mine).await?;
+        }
+        if busy > 0 {
+            return Err(BatchFailure::Retry {
+                reason: format!("{busy} message(s) are being sent by another worker right now"),
+                recipients: busy,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl SendProcessor {
+    async fn send_claimed(
+        &mut self,
+        campaign: &str,
+        batch: &str,
+        mine: Vec<Outgoing>,
+    ) -> Result<(), BatchFailure> {
+        let shared = self.shared.clone();
+        let n = mine.len() as u64;
+        let key = |m: &Outgoing| LedgerKey {
+            recipient_id: m.recipient_id.clone(),
+            message_key: format!("{}/{}", m.segment, m.variant),
+        };
+        let release_all = |mine: &[Outgoing]| {
+            mine.iter()
+                .map(|m| (key(m), Settlement::Released))
+                .collect::<Vec<_>>()
+        };
+        let wit_messages: Vec<wit::OutgoingMessage> = mine.iter().map(outgoing_to_wit).collect();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let started = Instant::now();
+        let (stage, _, built) = blocking(
+            self.stage.take().expect("stage in hand"),
+            wit_messages,
+            move |s, m| s.build(m, now),
+        )
+        .await;
+        self.stage = Some(stage);
+        RunCounters::add(
+            &shared.counters.send_busy_us,
+            started.elapsed().as_micros() as u64,
+        );
+        let built = match built {
+            Ok(b) if b.len() == mine.len() => b,
+            other => {
+                shared
+                    .store
+                    .settle(campaign, &self.owner, &release_all(&mine))
+                    .await
+                    .map_err(|e| infra(e, n))?;
+                return Err(match other {
+                    Err(e) => retry(e, n),
+                    Ok(b) => BatchFailure::Retry {
+                        reason: format!("sender returned {} requests for {} messages", b.len(), n),
+                        recipients: n,
+                    },
+                });
+            }
+        };
+        let mut dispatches = Vec::with_capacity(mine.len());
+        let mut settlements = Vec::with_capacity(mine.len());
+        for (m, req) in mine.into_iter().zip(built) {
+            match req {
+                Ok(req) => dispatches.push(Dispatch {
+                    key: key(&m),
+                    request: request_from_wit(req),
+                    record: OutboxRecord {
+                        campaign: campaign.to_string(),
+                        message_id: m.message_id,
+                        recipient_id: m.recipient_id,
+                        to: m.address,
+                        channel: shared.channel,
+                        segment: m.segment,
+                        variant: m.variant,
+                        subject: m.content.subject,
+                        text: m.content.text,
+                        html: m.content.html,
+                    },
+                }),
+                Err(reason) => {
+                    // Not sent: free the claim, keep the message for replay.
+                    settlements.push((key(&m), Settlement::Released));
+                    let payload = serde_json::to_string(&m).unwrap_or_default();
+                    let item = format!("{batch}/{}", m.recipient_id);
+                    dead_letter_item(
+                        &*shared.store,
+                        &shared.counters,
+                        campaign,
+                        "send",
+                        item,
+                        reason,
+                        payload,
+                    )
+                    .await
+                    .map_err(|e| infra(e, n))?;
+                }
+            }
+        }
+        let outcomes = self.transport.deliver(&dispatches).await;
+        let mut transient = Vec::new();
+        for (d, o) in dispatches.iter().zip(outcomes) {
+            match o {
+                Outcome::Delivered => {
+                    settlements.push((d.key.clone(), Settlement::Delivered));
+                    RunCounters::add(&shared.counters.sent, 1);
+                }
+                Outcome::Permanent(reason) => {
+                    tracing::warn!(
+                        recipient = d.record.recipient_id,
+                        "permanent delivery failure: {reason}"
+                    );
+                    settlements.push((d.key.clone(), Settlement::Failed(reason)));
+                    RunCounters::add(&shared.counters.failed, 1);
+                }
+                Outcome::Transient(reason) => {
+                    settlements.push((d.key.clone(), Settlement::Released));
+                    transient.push(reason);
+                }
+            }
+        }
+        shared
+            .store
+            .settle(campaign, &self.owner, &settlements)
+            .await
+            .map_err(|e| infra(e, n))?;
+        if let Some(first) = transient.first() {
+            let distinct: HashSet<&String> = transient.iter().collect();
+            return Err(BatchFailure::Retry {
+                reason: format!(
+                    "{} message(s) failed transiently via {} ({} distinct reason(s)), e.g.: {first}",
+                    transient.len(),
+                    self.transport.name(),
+                    distinct.len()
+                ),
+                recipients: transient.len() as u64,
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,54 @@
+//! One SQLite connection shared by async code: calls run on the blocking
+//! pool, one at a time (SQLite serialises writers anyway). WAL mode keeps
+//! every committed transaction across a `kill -9`.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::Connection;
+
+#[derive(Clone)]
+pub(crate) struct Db {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Db {
+    pub(crate) fn open(path: &Path, schema: &str) -> rusqlite::Result<Db> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // NORMAL in WAL mode: a transaction survives a process crash; only
+        // an OS crash or power loss may lose the last few.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "cache_size", -32_000)?;
+        conn.execute_batch(schema)?;
+        Ok(Db {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    pub(crate) async fn call<R, F>(&self, f: F) -> rusqlite::Result<R>
+    where
+        F: FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(rusqlite::Error::ToSqlConversionFailure(
+                format!("database task failed: {e}").into(),
+            ))
+        })
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

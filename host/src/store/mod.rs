@@ -1,0 +1,199 @@
+//! Campaign state: intake progress, the audience's seen ids, rejects,
+//! per-batch statistics, dead-letter reasons and the delivery ledger.
+//!
+//! Architecture invariant: the delivery ledger is the only thing that
+//! decides whether a message may be sent. A (campaign, recipient, message)
+//! is claimed before its request is executed and settled after; a claim
+//! that is never settled (the worker died) is *in doubt* and is resolved by
+//! asking the transport, or else never sent again: at most once, always.
+
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::audience::Reject;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CampaignState {
+    /// Batches of audience rows fully handed to the first queue.
+    pub intake_batches_done: u64,
+    /// Rows read so far (all of them once `intake_finished`).
+    pub rows_read: u64,
+    pub intake_finished: bool,
+    /// Fingerprint of the campaign file when it was first run.
+    pub definition_hash: String,
+}
+
+/// What one stage did with one batch. Recorded once per (stage, batch id),
+/// so redelivered batches do not count twice.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchStats {
+    pub recipients: u64,
+    #[serde(default)]
+    pub unsegmented: u64,
+    #[serde(default)]
+    pub per_segment: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub per_variant: BTreeMap<String, u64>,
+}
+
+impl BatchStats {
+    pub fn merge(&mut self, other: &BatchStats) {
+        self.recipients += other.recipients;
+        self.unsegmented += other.unsegmented;
+        for (k, v) in &other.per_segment {
+            *self.per_segment.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &other.per_variant {
+            *self.per_variant.entry(k.clone()).or_default() += v;
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LedgerKey {
+    pub recipient_id: String,
+    /// `segment/variant`.
+    pub message_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerClaim {
+    pub key: LedgerKey,
+    pub message_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// Ours to send now.
+    Claimed,
+    /// Already settled (sent, failed for good, or in doubt): never again.
+    Settled,
+    /// Claimed by a live worker right now; try the batch again later.
+    Busy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    Delivered,
+    /// Failed for good; never retried.
+    Failed(String),
+    /// Not sent; the claim is dropped so a retry may send it.
+    Released,
+    /// Maybe sent (the worker died mid-request, the transport cannot tell):
+    /// never sent again, counted apart.
+    InDoubt,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsettled {
+    pub key: LedgerKey,
+    pub message_id: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerTotals {
+    pub delivered: u64,
+    pub failed: u64,
+    pub in_doubt: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterRecord {
+    pub stage: String,
+    pub item: String,
+    pub recipients: u64,
+    pub reason: String,
+    /// What failed, kept whole so it can be inspected and replayed.
+    pub payload: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store unavailable: {0}")]
+    Unavailable(String),
+    #[error("state store error: {0}")]
+    Other(String),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Creates the campaign's state on first sight; returns it as stored.
+    async fn open_campaign(
+        &self,
+        campaign: &str,
+        definition_hash: &str,
+    ) -> Result<CampaignState, StoreError>;
+
+    async fn set_intake_progress(
+        &self,
+        campaign: &str,
+        batches_done: u64,
+        rows_read: u64,
+        finished: bool,
+    ) -> Result<(), StoreError>;
+
+    /// Registers (id, line) pairs; for each, whether it is a duplicate of an
+    /// id first seen on another line. Re-registering the same line is not.
+    async fn register_ids(
+        &self,
+        campaign: &str,
+        ids: &[(String, u64)],
+    ) -> Result<Vec<Option<u64>>, StoreError>;
+
+    /// Idempotent per (campaign, line).
+    async fn record_rejects(&self, campaign: &str, rejects: &[Reject]) -> Result<(), StoreError>;
+
+    async fn rejects(&self, campaign: &str) -> Result<Vec<Reject>, StoreError>;
+
+    /// Idempotent per (campaign, stage, batch).
+    async fn record_batch(
+        &self,
+        campaign: &str,
+        stage: &str,
+        batch: &str,
+        stats: &BatchStats,
+    ) -> Result<(), StoreError>;
+
+    async fn stage_totals(&self, campaign: &str, stage: &str) -> Result<BatchStats, StoreError>;
+
+    /// Idempotent per (campaign, stage, item).
+    async fn record_dead_letter(
+        &self,
+        campaign: &str,
+        record: &DeadLetterRecord,
+    ) -> Result<(), StoreError>;
+
+    async fn dead_letters(&self, campaign: &str) -> Result<Vec<DeadLetterRecord>, StoreError>;
+
+    /// Claims each message for `owner` (a run or worker id). Claims older
+    /// than `lease_ms` by another owner count as `Busy` until resolved.
+    async fn claim(
+        &self,
+        campaign: &str,
+        owner: &str,
+        claims: &[LedgerClaim],
+    ) -> Result<Vec<ClaimOutcome>, StoreError>;
+
+    async fn settle(
+        &self,
+        campaign: &str,
+        owner: &str,
+        settled: &[(LedgerKey, Settlement)],
+    ) -> Result<(), StoreError>;
+
+    /// Claims not settled by owners other than `owner`: left by dead workers.
+    async fn unsettled(&self, campaign: &str, owner: &str) -> Result<Vec<Unsettled>, StoreError>;
+
+    /// Resolves claims of dead owners (see `unsettled`).
+    async fn resolve(
+        &self,
+        campaign: &str,
+        resolved: &[(LedgerKey, Settlement)],
+    ) -> Result<(), StoreError>;
+
+    async fn ledger_totals(&self, campaign: &str) -> Result<LedgerTotals, StoreError>;
+}

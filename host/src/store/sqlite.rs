@@ -1,0 +1,606 @@
+//! The embedded store: SQLite, one file, zero set-up.
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use rusqlite::{OptionalExtension, params};
+
+use super::*;
+use crate::sqlite::{Db, now_ms};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS campaigns (
+    id TEXT PRIMARY KEY,
+    definition_hash TEXT NOT NULL,
+    intake_batches_done INTEGER NOT NULL DEFAULT 0,
+    rows_read INTEGER NOT NULL DEFAULT 0,
+    intake_finished INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audience_ids (
+    campaign TEXT NOT NULL,
+    recipient_id TEXT NOT NULL,
+    line INTEGER NOT NULL,
+    PRIMARY KEY (campaign, recipient_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rejects (
+    campaign TEXT NOT NULL,
+    line INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    raw TEXT NOT NULL,
+    PRIMARY KEY (campaign, line)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS batch_stats (
+    campaign TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    batch TEXT NOT NULL,
+    stats TEXT NOT NULL,
+    PRIMARY KEY (campaign, stage, batch)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead_letter_records (
+    campaign TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    item TEXT NOT NULL,
+    recipients INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    recorded_at INTEGER NOT NULL,
+    PRIMARY KEY (campaign, stage, item)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ledger (
+    campaign TEXT NOT NULL,
+    recipient_id TEXT NOT NULL,
+    message_key TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('claimed', 'delivered', 'failed', 'in_doubt')),
+    owner TEXT NOT NULL,
+    detail TEXT,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (campaign, recipient_id, message_key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ledger_state ON ledger (campaign, state);
+";
+
+pub struct SqliteStore {
+    db: Db,
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let db = Db::open(path, SCHEMA)
+            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
+        Ok(SqliteStore { db })
+    }
+}
+
+fn err(e: rusqlite::Error) -> StoreError {
+    StoreError::Other(e.to_string())
+}
+
+fn apply_settlement(
+    tx: &rusqlite::Transaction<'_>,
+    campaign: &str,
+    owner: Option<&str>,
+    key: &LedgerKey,
+    s: &Settlement,
+) -> rusqlite::Result<usize> {
+    let (state, detail) = match s {
+        Settlement::Delivered => ("delivered", None),
+        Settlement::Failed(reason) => ("failed", Some(reason.as_str())),
+        Settlement::InDoubt => ("in_doubt", None),
+        Settlement::Released => {
+            return tx
+                .prepare_cached(
+                    "DELETE FROM ledger WHERE campaign = ?1 AND recipient_id = ?2 AND message_key = ?3
+                     AND state = 'claimed' AND (?4 IS NULL OR owner = ?4)",
+                )?
+                .execute(params![campaign, key.recipient_id, key.message_key, owner]);
+        }
+    };
+    tx.prepare_cached(
+        "UPDATE ledger SET state = ?4, detail = ?5, updated_at = ?6
+         WHERE campaign = ?1 AND recipient_id = ?2 AND message_key = ?3 AND state = 'claimed' AND (?7 IS NULL OR owner = ?7)",
+    )?
+    .execute(params![campaign, key.recipient_id, key.message_key, state, detail, now_ms(), owner])
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn open_campaign(
+        &self,
+        campaign: &str,
+        definition_hash: &str,
+    ) -> Result<CampaignState, StoreError> {
+        let (c, h) = (campaign.to_string(), definition_hash.to_string());
+        self.db
+            .call(move |conn| {
+                conn.execute(
+                    "INSERT INTO campaigns (id, definition_hash, created_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                    params![c, h, now_ms()],
+                )?;
+                conn.query_row(
+                    "SELECT intake_batches_done, rows_read, intake_finished, definition_hash FROM campaigns WHERE id = ?1",
+                    params![c],
+                    |r| {
+                        Ok(CampaignState {
+                            intake_batches_done: r.get::<_, i64>(0)? as u64,
+                            rows_read: r.get::<_, i64>(1)? as u64,
+                            intake_finished: r.get(2)?,
+                            definition_hash: r.get(3)?,
+                        })
+                    },
+                )
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn set_intake_progress(
+        &self,
+        campaign: &str,
+        batches_done: u64,
+        rows_read: u64,
+        finished: bool,
+    ) -> Result<(), StoreError> {
+        let c = campaign.to_string();
+        self.db
+            .call(move |conn| {
+                conn.execute(
+                    "UPDATE campaigns SET intake_batches_done = ?2, rows_read = ?3, intake_finished = ?4 WHERE id = ?1",
+                    params![c, batches_done as i64, rows_read as i64, finished],
+                )
+            })
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    async fn register_ids(
+        &self,
+        campaign: &str,
+        ids: &[(String, u64)],
+    ) -> Result<Vec<Option<u64>>, StoreError> {
+        let (c, ids) = (campaign.to_string(), ids.to_vec());
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                let mut out = Vec::with_capacity(ids.len());
+                {
+                    let mut insert = tx.prepare_cached(
+                        "INSERT INTO audience_ids (campaign, recipient_id, line) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                    )?;
+                    let mut lookup =
+                        tx.prepare_cached("SELECT line FROM audience_ids WHERE campaign = ?1 AND recipient_id = ?2")?;
+                    for (id, line) in &ids {
+                        if insert.execute(params![c, id, *line as i64])? == 1 {
+                            out.push(None);
+                        } else {
+                            let first: i64 = lookup.query_row(params![c, id], |r| r.get(0))?;
+                            out.push((first as u64 != *line).then_some(first as u64));
+                        }
+                    }
+                }
+                tx.commit()?;
+                Ok(out)
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn record_rejects(&self, campaign: &str, rejects: &[Reject]) -> Result<(), StoreError> {
+        if rejects.is_empty() {
+            return Ok(());
+        }
+        let (c, rejects) = (campaign.to_string(), rejects.to_vec());
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                {
+                    let mut stmt = tx.prepare_cached(
+                        "INSERT INTO rejects (campaign, line, reason, raw) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                    )?;
+                    for r in &rejects {
+                        stmt.execute(params![c, r.line as i64, r.reason, r.raw])?;
+                    }
+                }
+                tx.commit()
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn rejects(&self, campaign: &str) -> Result<Vec<Reject>, StoreError> {
+        let c = campaign.to_string();
+        self.db
+            .call(move |conn| {
+                let mut stmt = conn.prepare(
+                    "SELECT line, reason, raw FROM rejects WHERE campaign = ?1 ORDER BY line",
+                )?;
+                let rows = stmt.query_map(params![c], |r| {
+                    Ok(Reject {
+                        line: r.get::<_, i64>(0)? as u64,
+                        reason: r.get(1)?,
+                        raw: r.get(2)?,
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn record_batch(
+        &self,
+        campaign: &str,
+        stage: &str,
+        batch: &str,
+        stats: &BatchStats,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(stats).map_err(|e| StoreError::Other(e.to_string()))?;
+        let (c, s, b) = (campaign.to_string(), stage.to_string(), batch.to_string());
+        self.db
+            .call(move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO batch_stats (campaign, stage, batch, stats) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                )?
+                .execute(params![c, s, b, json])
+            })
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    async fn stage_totals(&self, campaign: &str, stage: &str) -> Result<BatchStats, StoreError> {
+        let (c, s) = (campaign.to_string(), stage.to_string());
+        let rows: Vec<String> = self
+            .db
+            .call(move |conn| {
+                let mut stmt = conn
+                    .prepare("SELECT stats FROM batch_stats WHERE campaign = ?1 AND stage = ?2")?;
+                let rows = stmt.query_map(params![c, s], |r| r.get(0))?;
+                rows.collect()
+            })
+            .await
+            .map_err(err)?;
+        let mut total = BatchStats::default();
+        for json in rows {
+            let stats: BatchStats =
+                serde_json::from_str(&json).map_err(|e| StoreError::Other(e.to_string()))?;
+            total.merge(&stats);
+        }
+        Ok(total)
+    }
+
+    async fn record_dead_letter(
+        &self,
+        campaign: &str,
+        record: &DeadLetterRecord,
+    ) -> Result<(), StoreError> {
+        let (c, r) = (campaign.to_string(), record.clone());
+        self.db
+            .call(move |conn| {
+                conn.execute(
+                    "INSERT INTO dead_letter_records (campaign, stage, item, recipients, reason, payload, recorded_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+                    params![c, r.stage, r.item, r.recipients as i64, r.reason, r.payload, now_ms()],
+                )
+            })
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    async fn dead_letters(&self, campaign: &str) -> Result<Vec<DeadLetterRecord>, StoreError> {
+        let c = campaign.to_string();
+        self.db
+            .call(move |conn| {
+                let mut stmt = conn.prepare(
+                    "SELECT stage, item, recipients, reason, payload FROM dead_letter_records
+                     WHERE campaign = ?1 ORDER BY recorded_at, item",
+                )?;
+                let rows = stmt.query_map(params![c], |r| {
+                    Ok(DeadLetterRecord {
+                        stage: r.get(0)?,
+                        item: r.get(1)?,
+                        recipients: r.get::<_, i64>(2)? as u64,
+                        reason: r.get(3)?,
+                        payload: r.get(4)?,
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn claim(
+        &self,
+        campaign: &str,
+        owner: &str,
+        claims: &[LedgerClaim],
+    ) -> Result<Vec<ClaimOutcome>, StoreError> {
+        let (c, o, claims) = (campaign.to_string(), owner.to_string(), claims.to_vec());
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                let mut out = Vec::with_capacity(claims.len());
+                {
+                    let mut insert = tx.prepare_cached(
+                        "INSERT INTO ledger (campaign, recipient_id, message_key, message_id, state, owner, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, 'claimed', ?5, ?6) ON CONFLICT DO NOTHING",
+                    )?;
+                    let mut state = tx.prepare_cached(
+                        "SELECT state FROM ledger WHERE campaign = ?1 AND recipient_id = ?2 AND message_key = ?3",
+                    )?;
+                    let now = now_ms();
+                    for cl in &claims {
+                        if insert.execute(params![c, cl.key.recipient_id, cl.key.message_key, cl.message_id, o, now])? == 1 {
+                            out.push(ClaimOutcome::Claimed);
+                            continue;
+                        }
+                        let s: Option<String> =
+                            state.query_row(params![c, cl.key.recipient_id, cl.key.message_key], |r| r.get(0)).optional()?;
+                        out.push(match s.as_deref() {
+                            Some("claimed") => ClaimOutcome::Busy,
+                            _ => ClaimOutcome::Settled,
+                        });
+                    }
+                }
+                tx.commit()?;
+                Ok(out)
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn settle(
+        &self,
+        campaign: &str,
+        owner: &str,
+        settled: &[(LedgerKey, Settlement)],
+    ) -> Result<(), StoreError> {
+        let (c, o, settled) = (campaign.to_string(), owner.to_string(), settled.to_vec());
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                for (key, s) in &settled {
+                    apply_settlement(&tx, &c, Some(&o), key, s)?;
+                }
+                tx.commit()
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn unsettled(&self, campaign: &str, owner: &str) -> Result<Vec<Unsettled>, StoreError> {
+        let (c, o) = (campaign.to_string(), owner.to_string());
+        self.db
+            .call(move |conn| {
+                let mut stmt = conn.prepare(
+                    "SELECT recipient_id, message_key, message_id FROM ledger
+                     WHERE campaign = ?1 AND state = 'claimed' AND owner <> ?2",
+                )?;
+                let rows = stmt.query_map(params![c, o], |r| {
+                    Ok(Unsettled {
+                        key: LedgerKey {
+                            recipient_id: r.get(0)?,
+                            message_key: r.get(1)?,
+                        },
+                        message_id: r.get(2)?,
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn resolve(
+        &self,
+        campaign: &str,
+        resolved: &[(LedgerKey, Settlement)],
+    ) -> Result<(), StoreError> {
+        let (c, resolved) = (campaign.to_string(), resolved.to_vec());
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                for (key, s) in &resolved {
+                    apply_settlement(&tx, &c, None, key, s)?;
+                }
+                tx.commit()
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn ledger_totals(&self, campaign: &str) -> Result<LedgerTotals, StoreError> {
+        let c = campaign.to_string();
+        self.db
+            .call(move |conn| {
+                let mut stmt = conn.prepare(
+                    "SELECT state, COUNT(*) FROM ledger WHERE campaign = ?1 GROUP BY state",
+                )?;
+                let mut totals = LedgerTotals::default();
+                let rows = stmt.query_map(params![c], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                })?;
+                for row in rows {
+                    let (state, n) = row?;
+                    match state.as_str() {
+                        "delivered" => totals.delivered = n,
+                        "failed" => totals.failed = n,
+                        "in_doubt" => totals.in_doubt = n,
+                        _ => {}
+                    }
+                }
+                Ok(totals)
+            })
+            .await
+            .map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("state.sqlite")).unwrap();
+        (dir, s)
+    }
+
+    fn claim(r: &str) -> LedgerClaim {
+        LedgerClaim {
+            key: LedgerKey {
+                recipient_id: r.into(),
+                message_key: "vip/a".into(),
+            },
+            message_id: format!("m-{r}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_is_claimed_once_and_never_again_after_settling() {
+        let (_d, s) = store();
+        let out = s
+            .claim("c", "run1", &[claim("1"), claim("2")])
+            .await
+            .unwrap();
+        assert_eq!(out, vec![ClaimOutcome::Claimed, ClaimOutcome::Claimed]);
+        // A redelivered batch while the first is in work: busy, not sent.
+        assert_eq!(
+            s.claim("c", "run1", &[claim("1")]).await.unwrap(),
+            vec![ClaimOutcome::Busy]
+        );
+        s.settle(
+            "c",
+            "run1",
+            &[
+                (claim("1").key, Settlement::Delivered),
+                (claim("2").key, Settlement::Released),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            s.claim("c", "run2", &[claim("1"), claim("2")])
+                .await
+                .unwrap(),
+            vec![ClaimOutcome::Settled, ClaimOutcome::Claimed]
+        );
+        assert_eq!(
+            s.ledger_totals("c").await.unwrap(),
+            LedgerTotals {
+                delivered: 1,
+                failed: 0,
+                in_doubt: 0
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn claims_of_a_dead_owner_are_found_and_resolved() {
+        let (_d, s) = store();
+        s.claim("c", "dead", &[claim("1"), claim("2")])
+            .await
+            .unwrap();
+        let left = s.unsettled("c", "alive").await.unwrap();
+        assert_eq!(left.len(), 2);
+        // The dead owner's late settle after resolution changes nothing.
+        s.resolve(
+            "c",
+            &[
+                (claim("1").key, Settlement::Delivered),
+                (claim("2").key, Settlement::InDoubt),
+            ],
+        )
+        .await
+        .unwrap();
+        s.settle("c", "dead", &[(claim("2").key, Settlement::Released)])
+            .await
+            .unwrap();
+        assert_eq!(
+            s.ledger_totals("c").await.unwrap(),
+            LedgerTotals {
+                delivered: 1,
+                failed: 0,
+                in_doubt: 1
+            }
+        );
+        assert!(s.unsettled("c", "alive").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn duplicate_ids_are_told_apart_from_rereads() {
+        let (_d, s) = store();
+        let first = s
+            .register_ids("c", &[("a".into(), 2), ("b".into(), 3)])
+            .await
+            .unwrap();
+        assert_eq!(first, vec![None, None]);
+        // Line 2 read again after a restart: not a duplicate. Line 9: is.
+        let again = s
+            .register_ids("c", &[("a".into(), 2), ("a".into(), 9)])
+            .await
+            .unwrap();
+        assert_eq!(again, vec![None, Some(2)]);
+    }
+
+    #[tokio::test]
+    async fn batch_stats_count_once_per_batch() {
+        let (_d, s) = store();
+        let stats = BatchStats {
+            recipients: 3,
+            unsegmented: 1,
+            per_segment: [("vip".to_string(), 2)].into(),
+            per_variant: [("vip/a".to_string(), 2)].into(),
+        };
+        s.record_batch("c", "segment", "b1", &stats).await.unwrap();
+        s.record_batch("c", "segment", "b1", &stats).await.unwrap();
+        s.record_batch("c", "segment", "b2", &stats).await.unwrap();
+        let total = s.stage_totals("c", "segment").await.unwrap();
+        assert_eq!(
+            (
+                total.recipients,
+                total.unsegmented,
+                total.per_segment["vip"]
+            ),
+            (6, 2, 4)
+        );
+    }
+
+    #[tokio::test]
+    async fn campaign_state_and_rejects_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.sqlite");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            assert_eq!(
+                s.open_campaign("c", "h1")
+                    .await
+                    .unwrap()
+                    .intake_batches_done,
+                0
+            );
+            s.set_intake_progress("c", 4, 2000, false).await.unwrap();
+            let r = Reject {
+                line: 7,
+                reason: "bad".into(),
+                raw: "x".into(),
+            };
+            s.record_rejects("c", &[r.clone(), r]).await.unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let state = s.open_campaign("c", "h2").await.unwrap();
+        assert_eq!(
+            (
+                state.intake_batches_done,
+                state.rows_read,
+                state.definition_hash.as_str()
+            ),
+            (4, 2000, "h1")
+        );
+        assert_eq!(s.rejects("c").await.unwrap().len(), 1);
+    }
+}
