@@ -296,6 +296,15 @@ fn print_report(r: &squall::pipeline::RunReport) {
     println!("  sent              {:>10}", r.sent);
     println!("  failed            {:>10}", r.failed);
     println!("  dead-lettered     {:>10}", r.dead_lettered);
+    for d in r.dead_letters.iter().take(10) {
+        println!(
+            "    {} {} ({} recipient(s)): {}",
+            d.stage, d.item, d.recipients, d.reason
+        );
+    }
+    if r.dead_letters.len() > 10 {
+        println!("    … and {} more", r.dead_letters.len() - 10);
+    }
     if r.in_doubt > 0 {
         println!(
             "  in doubt          {:>10}   (maybe sent before a crash; never sent again)",

@@ -110,6 +110,8 @@ impl Intake {
                 .set_intake_progress(&self.campaign, chunks_done, rows_read, false)
                 .await?;
         }
+        // Dropping the receiver unblocks a reader waiting to hand over a chunk.
+        drop(rx);
         reader.await?;
         if !self.stop.load(Ordering::Relaxed) {
             let state = self.store.open_campaign(&self.campaign, "").await?;

@@ -61,6 +61,8 @@ pub struct RunReport {
     /// Maybe sent by a run that crashed mid-request; never sent again.
     pub in_doubt: u64,
     pub dead_lettered: u64,
+    /// Why, per dead letter (payloads stay in the store).
+    pub dead_letters: Vec<DeadLetterSummary>,
     /// Messages this run found already sent (after a crash or a re-run).
     pub skipped_already_sent: u64,
     pub complete: bool,
@@ -68,6 +70,14 @@ pub struct RunReport {
     pub outbox: Option<PathBuf>,
     pub rejects_file: PathBuf,
     pub stage_busy_ms: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetterSummary {
+    pub stage: String,
+    pub item: String,
+    pub recipients: u64,
+    pub reason: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -357,12 +367,17 @@ pub async fn report(store: &dyn Store, campaign: &str) -> anyhow::Result<RunRepo
     let state = store.open_campaign(campaign, "").await?;
     let segment = store.stage_totals(campaign, "segment").await?;
     let ledger = store.ledger_totals(campaign).await?;
-    let dead: u64 = store
+    let dead_letters: Vec<DeadLetterSummary> = store
         .dead_letters(campaign)
         .await?
-        .iter()
-        .map(|d| d.recipients)
-        .sum();
+        .into_iter()
+        .map(|d| DeadLetterSummary {
+            stage: d.stage,
+            item: d.item,
+            recipients: d.recipients,
+            reason: d.reason,
+        })
+        .collect();
     Ok(RunReport {
         campaign: campaign.to_string(),
         audience: state.rows_read,
@@ -373,7 +388,8 @@ pub async fn report(store: &dyn Store, campaign: &str) -> anyhow::Result<RunRepo
         sent: ledger.delivered,
         failed: ledger.failed,
         in_doubt: ledger.in_doubt,
-        dead_lettered: dead,
+        dead_lettered: dead_letters.iter().map(|d| d.recipients).sum(),
+        dead_letters,
         ..Default::default()
     })
 }

@@ -1,0 +1,145 @@
+//! Test scaffolding shared by the end-to-end suites: the real `squall`
+//! binary, temporary campaigns, real services.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub fn squall() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_squall"));
+    cmd.env("SQUALL_LOG_FORMAT", "json")
+        .env("SQUALL_LOG", "warn,squall=info");
+    cmd
+}
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn example(name: &str) -> PathBuf {
+    repo().join("examples").join(name)
+}
+
+/// The hostile plugin built with the default components.
+pub fn hostile_plugin() -> PathBuf {
+    Path::new(env!("SQUALL_COMPONENTS_DIR")).join("squall_test_hostile.wasm")
+}
+
+pub fn run_json(campaign: &Path, data_dir: &Path) -> (Output, serde_json::Value) {
+    let out = squall()
+        .args(["run", "--json", "--data-dir"])
+        .arg(data_dir)
+        .arg(campaign)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run squall");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "squall run did not print JSON ({e}); stdout: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out, json)
+}
+
+pub fn outbox(data_dir: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(data_dir.join("outbox.jsonl")).unwrap_or_default();
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("every outbox line is whole JSON"))
+        .collect()
+}
+
+pub fn counts_by(
+    lines: &[serde_json::Value],
+    f: impl Fn(&serde_json::Value) -> String,
+) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for l in lines {
+        *m.entry(f(l)).or_default() += 1;
+    }
+    m
+}
+
+/// The spring-sale example's audience, read independently of Squall with
+/// the `csv` crate and its rules written out by hand.
+pub struct ExpectedSpringSale {
+    /// recipient id → (email, first name, segment or None, orders)
+    pub recipients: BTreeMap<String, (String, String, Option<&'static str>, u64)>,
+    pub rejected_lines: Vec<u64>,
+    pub rows: u64,
+}
+
+pub fn expected_spring_sale(audience: &Path) -> ExpectedSpringSale {
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(audience)
+        .unwrap();
+    let mut recipients = BTreeMap::new();
+    let mut rejected_lines = Vec::new();
+    let mut rows = 0;
+    for rec in reader.records() {
+        let rec = rec.unwrap();
+        rows += 1;
+        let line = rec.position().unwrap().line();
+        let f = |i: usize| rec.get(i).unwrap_or("").to_string();
+        let (id, email) = (f(0), f(1));
+        let email_ok = email
+            .split_once('@')
+            .is_some_and(|(u, d)| !u.is_empty() && d.contains('.'));
+        if rec.len() != 9 || id.is_empty() || !email_ok || recipients.contains_key(&id) {
+            rejected_lines.push(line);
+            continue;
+        }
+        let subscribed = f(8) == "true";
+        let ltv: f64 = f(6).parse().unwrap();
+        let orders: u64 = f(7).parse().unwrap();
+        let country = f(4);
+        let segment = if subscribed && ltv > 500.0 && (country == "DE" || country == "FR") {
+            Some("vip")
+        } else if subscribed && orders >= 1 {
+            Some("regulars")
+        } else if subscribed && orders == 0 {
+            Some("newcomers")
+        } else {
+            None
+        };
+        recipients.insert(id, (email, f(2), segment, orders));
+    }
+    ExpectedSpringSale {
+        recipients,
+        rejected_lines,
+        rows,
+    }
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Copies the spring-sale example into `dir`, keeping only the first
+/// `rows` audience rows, with `transport` and extra TOML appended.
+pub fn spring_sale_copy(dir: &Path, rows: usize, transport: &str, extra: &str) -> PathBuf {
+    let src = example("spring-sale");
+    let audience = std::fs::read_to_string(src.join("audience.csv")).unwrap();
+    let kept: Vec<&str> = audience.lines().take(rows + 1).collect();
+    std::fs::write(dir.join("audience.csv"), kept.join("\n") + "\n").unwrap();
+    let campaign = std::fs::read_to_string(src.join("campaign.toml"))
+        .unwrap()
+        .replace(
+            "transport = \"outbox\"",
+            &format!("transport = \"{transport}\""),
+        );
+    let path = dir.join("campaign.toml");
+    std::fs::write(&path, campaign + extra).unwrap();
+    path
+}
