@@ -232,7 +232,9 @@ mod tests {
         }
     }
 
-    fn batch(rows: &[(&str, Option<Value>, Option<Value>, Option<Value>)]) -> Batch {
+    type Row<'a> = (&'a str, Option<Value>, Option<Value>, Option<Value>);
+
+    fn batch(rows: &[Row<'_>]) -> Batch {
         Batch {
             campaign: "c".into(),
             columns: vec![

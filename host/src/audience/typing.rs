@@ -37,10 +37,8 @@ fn infer(raw: &str, s: &str) -> Value {
     if let Some(b) = parse_bool(s) {
         return Value::Bool(b);
     }
-    if looks_numeric(s) {
-        if let Ok(n) = s.parse::<f64>() {
-            return Value::Number(n);
-        }
+    if let Some(n) = looks_numeric(s).then(|| s.parse::<f64>().ok()).flatten() {
+        return Value::Number(n);
     }
     Value::Text(raw.to_string())
 }

@@ -110,10 +110,10 @@ impl Transport for OutboxTransport {
             let mut found = HashSet::new();
             for line in reader.lines() {
                 let line = line.ok()?;
-                if let Ok(rec) = serde_json::from_str::<IdOnly>(&line) {
-                    if ids.contains(&rec.message_id) {
-                        found.insert(rec.message_id);
-                    }
+                if let Ok(rec) = serde_json::from_str::<IdOnly>(&line)
+                    && ids.contains(&rec.message_id)
+                {
+                    found.insert(rec.message_id);
                 }
             }
             Some(found)

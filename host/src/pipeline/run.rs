@@ -25,12 +25,14 @@ use crate::runtime::StageEngine;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Settlement, Store};
 
+pub type ProgressFn = Box<dyn Fn(&RunCounters) + Send + Sync>;
+
 pub struct RunOptions {
     pub data_dir: PathBuf,
     /// Parallel personalise workers (the heaviest stage).
     pub personalise_workers: usize,
     /// Called with (finished recipients, this run's counters) while running.
-    pub on_progress: Option<Box<dyn Fn(&RunCounters) + Send + Sync>>,
+    pub on_progress: Option<ProgressFn>,
     /// Set to stop early; the run exits cleanly and can be resumed.
     pub stop: Arc<AtomicBool>,
 }
@@ -306,7 +308,7 @@ async fn execute(
 
     let mut report = report(&*store, &id).await?;
     report.complete =
-        !opts.stop.load(Ordering::Relaxed) && report_complete(&*store, &*queue, &id).await?;
+        !opts.stop.load(Ordering::Relaxed) && report_complete(&*store, &queue, &id).await?;
     report.skipped_already_sent = RunCounters::get(&counters.skipped_already_sent);
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     report.outbox = (campaign.transport == TransportSpec::Outbox).then_some(outbox_path);

@@ -117,8 +117,10 @@ impl StageEngine {
                 source.describe()
             )
         })?;
-        if let Some(path) = cached {
-            if let Ok(serialized) = component.serialize() {
+        if let Some(path) = cached
+            && let Ok(serialized) = component.serialize()
+        {
+            {
                 // Write then rename, so a concurrent reader never sees half a file.
                 let tmp = path.with_extension(format!("tmp{}", std::process::id()));
                 if std::fs::create_dir_all(path.parent().unwrap()).is_ok()
