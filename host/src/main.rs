@@ -98,24 +98,43 @@ const INVALID: u8 = 2;
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Validate { campaign } => {
-            let Some(c) = load(&campaign) else {
-                return Ok(ExitCode::from(INVALID));
+            let (c, mut problems) = match Campaign::load_partial(&campaign) {
+                Ok(loaded) => loaded,
+                Err(d) => {
+                    eprintln!("{d}");
+                    return Ok(ExitCode::from(INVALID));
+                }
             };
             let engine = squall::runtime::StageEngine::new(&c.file.limits.sandbox())?;
             match squall::pipeline::prepare::stages(&c, &engine) {
-                Ok(_) => {
-                    println!(
-                        "{}: ok — campaign `{}`, {} segment(s), {} message(s), audience fields: {}",
-                        campaign.display(),
-                        c.id(),
-                        c.file.segment.len(),
-                        c.file.message.len(),
-                        c.columns.join(", ")
-                    );
-                    Ok(ExitCode::SUCCESS)
+                Ok(_) => {}
+                Err(PrepareError::Invalid(d)) => {
+                    // With structural problems present, keep what only the
+                    // stages can see (rules, templates); the rest repeats them.
+                    let structural = !problems.is_empty();
+                    problems.extend(d.0.into_iter().filter(|p| {
+                        !structural
+                            || [".rule:", ".subject:", ".text:", ".html:"]
+                                .iter()
+                                .any(|k| p.message.contains(k))
+                    }));
                 }
-                Err(e) => Ok(invalid(e)),
+                Err(e) => return Ok(invalid(e)),
             }
+            if !problems.is_empty() {
+                problems.sort_by_key(|p| (p.line, p.column));
+                eprintln!("{}", squall::campaign::Diagnostics(problems));
+                return Ok(ExitCode::from(INVALID));
+            }
+            println!(
+                "{}: ok — campaign `{}`, {} segment(s), {} message(s), audience fields: {}",
+                campaign.display(),
+                c.id(),
+                c.file.segment.len(),
+                c.file.message.len(),
+                c.columns.join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Preview {
             campaign,

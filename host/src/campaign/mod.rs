@@ -63,7 +63,19 @@ impl Campaign {
         format!("{}/{}", m.segment.get_ref(), m.variant.get_ref())
     }
 
+    /// Loads and checks a campaign; any problem is an error.
     pub fn load(path: &Path) -> Result<Campaign, Diagnostics> {
+        match Campaign::load_partial(path)? {
+            (campaign, problems) if problems.is_empty() => Ok(campaign),
+            (_, problems) => Err(Diagnostics(problems)),
+        }
+    }
+
+    /// Loads a campaign whose problems leave it usable enough for its rules
+    /// and templates to be checked too (wrong references, missing messages),
+    /// so `squall validate` reports everything in one pass. An `Err` is a
+    /// problem that stops even that (unreadable file, bad TOML, no audience).
+    pub fn load_partial(path: &Path) -> Result<(Campaign, Vec<FileDiagnostic>), Diagnostics> {
         let display = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| {
             Diagnostics(vec![FileDiagnostic {
@@ -83,14 +95,12 @@ impl Campaign {
         })?;
         let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let mut problems = Vec::new();
-        let checked = check(&file, &dir, &map, &mut problems);
-        if !problems.is_empty() {
+        let Some((audience, columns, transport, stages)) = check(&file, &dir, &map, &mut problems)
+        else {
             return Err(Diagnostics(problems));
-        }
-        let (audience, columns, transport, stages) =
-            checked.expect("no problems means everything was checked");
+        };
         let hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()));
-        Ok(Campaign {
+        let campaign = Campaign {
             path: path.to_path_buf(),
             text,
             file,
@@ -99,7 +109,8 @@ impl Campaign {
             transport,
             stages,
             hash,
-        })
+        };
+        Ok((campaign, problems))
     }
 
     /// Positions a problem a stage reported (`segment[1].rule` 2:5) in the file.
