@@ -14,7 +14,7 @@ pub struct RunCounters {
     pub failed: AtomicU64,
     pub skipped_already_sent: AtomicU64,
     pub dead_lettered: AtomicU64,
-    /// Time spent inside each stage's Wasm calls, in microseconds.
+    /// CPU time spent inside each stage's Wasm calls, in microseconds.
     pub segment_busy_us: AtomicU64,
     pub personalise_busy_us: AtomicU64,
     pub send_busy_us: AtomicU64,

@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Instant;
 
 use squall_pipeline_core::ids::message_id;
 use squall_pipeline_core::message::{Channel, Outgoing};
@@ -55,19 +54,36 @@ fn infra<E: std::fmt::Display>(e: E, recipients: u64) -> BatchFailure {
     }
 }
 
-/// Runs a Wasm stage call on the blocking pool, handing the stage back.
+/// Runs a Wasm stage call on the blocking pool, handing the stage back
+/// with the CPU time the call took (µs). CPU time, not wall time: stages
+/// share two cores with each other and the databases, and a busy neighbour
+/// must not make a stage look slow.
 async fn blocking<S: Send + 'static, A: Send + 'static, R: Send + 'static>(
     stage: S,
     arg: A,
     f: impl FnOnce(&mut S, &A) -> R + Send + 'static,
-) -> (S, A, R) {
+) -> (S, A, R, u64) {
     tokio::task::spawn_blocking(move || {
         let mut stage = stage;
+        let before = thread_cpu_us();
         let r = f(&mut stage, &arg);
-        (stage, arg, r)
+        let cpu = thread_cpu_us().saturating_sub(before);
+        (stage, arg, r, cpu)
     })
     .await
     .expect("stage call panicked in the host")
+}
+
+fn thread_cpu_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
 async fn forward<T: serde::Serialize + serde::de::DeserializeOwned + Clone>(
@@ -125,17 +141,13 @@ impl Processor for SegmentProcessor {
             columns: env.columns.clone(),
             recipients: env.items.into_iter().map(to_wit).collect(),
         };
-        let started = Instant::now();
-        let (stage, batch, result) =
+        let (stage, batch, result, cpu_us) =
             blocking(self.stage.take().expect("stage in hand"), batch, |s, b| {
                 s.assign(b)
             })
             .await;
         self.stage = Some(stage);
-        RunCounters::add(
-            &self.shared.counters.segment_busy_us,
-            started.elapsed().as_micros() as u64,
-        );
+        RunCounters::add(&self.shared.counters.segment_busy_us, cpu_us);
         let assignments = result.map_err(|e| retry(e, n))?;
         if assignments.len() != batch.recipients.len() {
             return Err(BatchFailure::Retry {
@@ -229,18 +241,14 @@ impl Processor for PersonaliseProcessor {
             columns: env.columns,
             recipients,
         };
-        let started = Instant::now();
-        let (stage, (batch, _), result) = blocking(
+        let (stage, (batch, _), result, cpu_us) = blocking(
             self.stage.take().expect("stage in hand"),
             (batch, picks),
             |s, (b, p)| s.render(b, p),
         )
         .await;
         self.stage = Some(stage);
-        RunCounters::add(
-            &self.shared.counters.personalise_busy_us,
-            started.elapsed().as_micros() as u64,
-        );
+        RunCounters::add(&self.shared.counters.personalise_busy_us, cpu_us);
         let rendered = result.map_err(|e| retry(e, n))?;
         if rendered.len() != batch.recipients.len() {
             return Err(BatchFailure::Retry {
@@ -397,18 +405,14 @@ impl SendProcessor {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        let started = Instant::now();
-        let (stage, _, built) = blocking(
+        let (stage, _, built, cpu_us) = blocking(
             self.stage.take().expect("stage in hand"),
             wit_messages,
             move |s, m| s.build(m, now),
         )
         .await;
         self.stage = Some(stage);
-        RunCounters::add(
-            &shared.counters.send_busy_us,
-            started.elapsed().as_micros() as u64,
-        );
+        RunCounters::add(&shared.counters.send_busy_us, cpu_us);
         let built = match built {
             Ok(b) if b.len() == mine.len() => b,
             other => {

@@ -58,7 +58,6 @@ CREATE TABLE IF NOT EXISTS ledger (
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (campaign, recipient_id, message_key)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS ledger_state ON ledger (campaign, state);
 ";
 
 pub struct SqliteStore {
