@@ -84,11 +84,22 @@ mod tests {
 
     #[test]
     fn values_round_trip_through_json() {
-        let values = vec![Some(Value::Bool(true)), Some(Value::Number(600.5)), Some(Value::Text("DE".into())), None];
+        let values = vec![
+            Some(Value::Bool(true)),
+            Some(Value::Number(600.5)),
+            Some(Value::Text("DE".into())),
+            None,
+        ];
         let json = serde_json::to_string(&values).unwrap();
         assert_eq!(json, r#"[true,600.5,"DE",null]"#);
-        assert_eq!(serde_json::from_str::<Vec<Option<Value>>>(&json).unwrap(), values);
-        assert_eq!(serde_json::from_str::<Value>("7").unwrap(), Value::Number(7.0));
+        assert_eq!(
+            serde_json::from_str::<Vec<Option<Value>>>(&json).unwrap(),
+            values
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>("7").unwrap(),
+            Value::Number(7.0)
+        );
         assert!(serde_json::from_str::<Value>("[1]").is_err());
     }
 }

@@ -271,14 +271,20 @@ async fn execute(
         });
     }
     {
-        let ctx = ctx("send", &personalise_done);
-        let p = SendProcessor {
-            shared: shared.clone(),
-            stage: Some(stages.sender),
-            transport: transport.clone(),
-            owner: owner.clone(),
-        };
-        tasks.spawn(async move { worker::run(&ctx, p).await.context("send worker") });
+        // Two send workers: while one waits on the ledger or the transport,
+        // the other builds. The ledger keeps them from ever sending one
+        // message twice.
+        let second = stages.sender.fork().map_err(|e| anyhow::anyhow!("{e}"))?;
+        for stage in [stages.sender, second] {
+            let ctx = ctx("send", &personalise_done);
+            let p = SendProcessor {
+                shared: shared.clone(),
+                stage: Some(stage),
+                transport: transport.clone(),
+                owner: owner.clone(),
+            };
+            tasks.spawn(async move { worker::run(&ctx, p).await.context("send worker") });
+        }
     }
 
     let progress = opts.on_progress.map(|f| {
