@@ -261,7 +261,7 @@ fn progress_bar(c: &Campaign) -> Option<Arc<indicatif::ProgressBar>> {
     let total = squall::audience::estimate_rows(&c.audience);
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} recipients ({per_sec}, eta {eta}) {msg}")
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {human_pos}/{human_len} recipients, eta {eta} · {msg}")
             .expect("valid template"),
     );
     Some(Arc::new(bar))
@@ -290,49 +290,33 @@ fn print_preview(p: &preview::Preview) {
 }
 
 fn print_report(r: &squall::pipeline::RunReport) {
-    println!(
-        "campaign {}: {}",
-        r.campaign,
-        if r.complete {
-            "complete"
-        } else {
-            "stopped; run again to resume"
-        }
-    );
-    println!("  audience rows     {:>10}", r.audience);
-    println!(
-        "  rejected          {:>10}   (see {})",
-        r.rejected,
-        r.rejects_file.display()
-    );
-    println!("  unsegmented       {:>10}", r.unsegmented);
+    let row = |label: &str, n: u64| println!("  {label:<26} {n:>10}");
+    println!("campaign {}: {}", r.campaign, if r.complete { "complete" } else { "stopped; run again to resume" });
+    row("audience rows", r.audience);
+    row("rejected", r.rejected);
+    row("unsegmented", r.unsegmented);
     for (s, n) in &r.per_segment {
-        println!("  segment {s:<18} {n:>10}");
+        row(&format!("segment {s}"), *n);
     }
     for (v, n) in &r.per_variant {
-        println!("    variant {v:<16} {n:>10}");
+        row(&format!("  variant {v}"), *n);
     }
-    println!("  sent              {:>10}", r.sent);
-    println!("  failed            {:>10}", r.failed);
-    println!("  dead-lettered     {:>10}", r.dead_lettered);
+    row("sent", r.sent);
+    row("failed", r.failed);
+    row("dead-lettered", r.dead_lettered);
     for d in r.dead_letters.iter().take(10) {
-        println!(
-            "    {} {} ({} recipient(s)): {}",
-            d.stage, d.item, d.recipients, d.reason
-        );
+        println!("    {} {} ({} recipient(s)): {}", d.stage, d.item, d.recipients, d.reason);
     }
     if r.dead_letters.len() > 10 {
         println!("    … and {} more", r.dead_letters.len() - 10);
     }
     if r.in_doubt > 0 {
-        println!(
-            "  in doubt          {:>10}   (maybe sent before a crash; never sent again)",
-            r.in_doubt
-        );
+        row("in doubt (never resent)", r.in_doubt);
     }
-    println!("  skipped (already sent) {:>5}", r.skipped_already_sent);
+    row("skipped, already sent", r.skipped_already_sent);
+    println!("  rejects: {}", r.rejects_file.display());
     if let Some(o) = &r.outbox {
-        println!("  outbox: {}", o.display());
+        println!("  outbox:  {}", o.display());
     }
     println!("  took {:.1} s", r.elapsed_ms as f64 / 1000.0);
 }
