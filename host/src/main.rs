@@ -291,7 +291,15 @@ fn print_preview(p: &preview::Preview) {
 
 fn print_report(r: &squall::pipeline::RunReport) {
     let row = |label: &str, n: u64| println!("  {label:<26} {n:>10}");
-    println!("campaign {}: {}", r.campaign, if r.complete { "complete" } else { "stopped; run again to resume" });
+    println!(
+        "campaign {}: {}",
+        r.campaign,
+        if r.complete {
+            "complete"
+        } else {
+            "stopped; run again to resume"
+        }
+    );
     row("audience rows", r.audience);
     row("rejected", r.rejected);
     row("unsegmented", r.unsegmented);
@@ -305,7 +313,10 @@ fn print_report(r: &squall::pipeline::RunReport) {
     row("failed", r.failed);
     row("dead-lettered", r.dead_lettered);
     for d in r.dead_letters.iter().take(10) {
-        println!("    {} {} ({} recipient(s)): {}", d.stage, d.item, d.recipients, d.reason);
+        println!(
+            "    {} {} ({} recipient(s)): {}",
+            d.stage, d.item, d.recipients, d.reason
+        );
     }
     if r.dead_letters.len() > 10 {
         println!("    … and {} more", r.dead_letters.len() - 10);

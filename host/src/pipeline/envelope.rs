@@ -57,16 +57,22 @@ impl<T: Serialize + DeserializeOwned> Envelope<T> {
     }
 
     pub fn decode(body: &[u8]) -> Result<Self, EnvelopeError> {
-        #[derive(Deserialize)]
-        struct Version {
-            v: u32,
+        // One parse on the hot path; the version is looked at on its own
+        // only to explain a failure.
+        match serde_json::from_slice::<Self>(body) {
+            Ok(env) if env.v == ENVELOPE_VERSION => Ok(env),
+            Ok(env) => Err(EnvelopeError::Version(env.v)),
+            Err(e) => {
+                #[derive(Deserialize)]
+                struct Version {
+                    v: u32,
+                }
+                match serde_json::from_slice::<Version>(body) {
+                    Ok(Version { v }) if v != ENVELOPE_VERSION => Err(EnvelopeError::Version(v)),
+                    _ => Err(EnvelopeError::Malformed(e.to_string())),
+                }
+            }
         }
-        let version: Version =
-            serde_json::from_slice(body).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
-        if version.v != ENVELOPE_VERSION {
-            return Err(EnvelopeError::Version(version.v));
-        }
-        serde_json::from_slice(body).map_err(|e| EnvelopeError::Malformed(e.to_string()))
     }
 
     /// Encodes into bodies of at most `max` bytes, halving the batch (ids

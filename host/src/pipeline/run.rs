@@ -126,7 +126,7 @@ async fn execute(
     })?;
 
     let queue = Arc::new(EmbeddedQueue::open(&opts.data_dir.join("queue.sqlite"))?);
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&opts.data_dir.join("state.sqlite"))?);
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&opts.data_dir)?);
     let outbox_path = opts.data_dir.join("outbox.jsonl");
     let transport: Arc<dyn Transport> = match &campaign.transport {
         TransportSpec::Outbox => Arc::new(

@@ -62,7 +62,14 @@ pub async fn run<P: Processor>(ctx: &WorkerContext, mut processor: P) -> anyhow:
             continue;
         }
         for delivery in got {
-            match processor.process(&delivery).await {
+            let started = std::time::Instant::now();
+            let outcome = processor.process(&delivery).await;
+            tracing::debug!(
+                stage = processor.stage(),
+                wall_us = started.elapsed().as_micros() as u64,
+                "batch processed"
+            );
+            match outcome {
                 Ok(()) => {
                     ctx.queue
                         .ack(&ctx.input, std::slice::from_ref(&delivery.receipt))

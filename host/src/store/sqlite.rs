@@ -8,7 +8,10 @@ use rusqlite::{OptionalExtension, params};
 use super::*;
 use crate::sqlite::{Db, now_ms};
 
-const SCHEMA: &str = "
+// Three files, so that their writers do not queue behind each other:
+// SQLite has one writer per database, and intake (ids), the stage workers
+// (stats) and the send workers (ledger) all write at once.
+const STATE_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS campaigns (
     id TEXT PRIMARY KEY,
     definition_hash TEXT NOT NULL,
@@ -17,12 +20,6 @@ CREATE TABLE IF NOT EXISTS campaigns (
     intake_finished INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS audience_ids (
-    campaign TEXT NOT NULL,
-    recipient_id TEXT NOT NULL,
-    line INTEGER NOT NULL,
-    PRIMARY KEY (campaign, recipient_id)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rejects (
     campaign TEXT NOT NULL,
     line INTEGER NOT NULL,
@@ -47,6 +44,18 @@ CREATE TABLE IF NOT EXISTS dead_letter_records (
     recorded_at INTEGER NOT NULL,
     PRIMARY KEY (campaign, stage, item)
 ) WITHOUT ROWID;
+";
+
+const IDS_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS audience_ids (
+    campaign TEXT NOT NULL,
+    recipient_id TEXT NOT NULL,
+    line INTEGER NOT NULL,
+    PRIMARY KEY (campaign, recipient_id)
+) WITHOUT ROWID;
+";
+
+const LEDGER_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS ledger (
     campaign TEXT NOT NULL,
     recipient_id TEXT NOT NULL,
@@ -62,13 +71,25 @@ CREATE TABLE IF NOT EXISTS ledger (
 
 pub struct SqliteStore {
     db: Db,
+    ids: Db,
+    ledger: Db,
 }
 
 impl SqliteStore {
-    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        let db = Db::open(path, SCHEMA)
-            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
-        Ok(SqliteStore { db })
+    /// Opens (creating) the store's files in `dir`.
+    pub fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
+        let open = |file: &str, schema: &str| {
+            let path = dir.join(file);
+            Db::open(&path, schema)
+                .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))
+        };
+        Ok(SqliteStore {
+            db: open("state.sqlite", STATE_SCHEMA)?,
+            ids: open("audience-ids.sqlite", IDS_SCHEMA)?,
+            ledger: open("ledger.sqlite", LEDGER_SCHEMA)?,
+        })
     }
 }
 
@@ -160,7 +181,7 @@ impl Store for SqliteStore {
         ids: &[(String, u64)],
     ) -> Result<Vec<Option<u64>>, StoreError> {
         let (c, ids) = (campaign.to_string(), ids.to_vec());
-        self.db
+        self.ids
             .call(move |conn| {
                 let tx = conn.transaction()?;
                 let mut out = Vec::with_capacity(ids.len());
@@ -319,7 +340,7 @@ impl Store for SqliteStore {
         claims: &[LedgerClaim],
     ) -> Result<Vec<ClaimOutcome>, StoreError> {
         let (c, o, claims) = (campaign.to_string(), owner.to_string(), claims.to_vec());
-        self.db
+        self.ledger
             .call(move |conn| {
                 let tx = conn.transaction()?;
                 let mut out = Vec::with_capacity(claims.len());
@@ -359,7 +380,7 @@ impl Store for SqliteStore {
         settled: &[(LedgerKey, Settlement)],
     ) -> Result<(), StoreError> {
         let (c, o, settled) = (campaign.to_string(), owner.to_string(), settled.to_vec());
-        self.db
+        self.ledger
             .call(move |conn| {
                 let tx = conn.transaction()?;
                 for (key, s) in &settled {
@@ -373,7 +394,7 @@ impl Store for SqliteStore {
 
     async fn unsettled(&self, campaign: &str, owner: &str) -> Result<Vec<Unsettled>, StoreError> {
         let (c, o) = (campaign.to_string(), owner.to_string());
-        self.db
+        self.ledger
             .call(move |conn| {
                 let mut stmt = conn.prepare(
                     "SELECT recipient_id, message_key, message_id FROM ledger
@@ -400,7 +421,7 @@ impl Store for SqliteStore {
         resolved: &[(LedgerKey, Settlement)],
     ) -> Result<(), StoreError> {
         let (c, resolved) = (campaign.to_string(), resolved.to_vec());
-        self.db
+        self.ledger
             .call(move |conn| {
                 let tx = conn.transaction()?;
                 for (key, s) in &resolved {
@@ -414,7 +435,7 @@ impl Store for SqliteStore {
 
     async fn ledger_totals(&self, campaign: &str) -> Result<LedgerTotals, StoreError> {
         let c = campaign.to_string();
-        self.db
+        self.ledger
             .call(move |conn| {
                 let mut stmt = conn.prepare(
                     "SELECT state, COUNT(*) FROM ledger WHERE campaign = ?1 GROUP BY state",
@@ -445,7 +466,7 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("state.sqlite")).unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
         (dir, s)
     }
 
@@ -572,7 +593,7 @@ mod tests {
     #[tokio::test]
     async fn campaign_state_and_rejects_persist() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.sqlite");
+        let path = dir.path().join("store");
         {
             let s = SqliteStore::open(&path).unwrap();
             assert_eq!(
