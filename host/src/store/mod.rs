@@ -197,3 +197,121 @@ pub trait Store: Send + Sync {
 
     async fn ledger_totals(&self, campaign: &str) -> Result<LedgerTotals, StoreError>;
 }
+
+/// The contract every store backend must keep; each backend's tests run it.
+#[cfg(test)]
+pub(crate) mod contract {
+    use super::*;
+
+    fn claim(r: &str) -> LedgerClaim {
+        LedgerClaim {
+            key: LedgerKey {
+                recipient_id: r.into(),
+                message_key: "vip/a".into(),
+            },
+            message_id: format!("m-{r}"),
+        }
+    }
+
+    pub(crate) async fn a_message_is_claimed_once_and_never_again_after_settling(s: &dyn Store) {
+        let out = s
+            .claim("c", "run1", &[claim("1"), claim("2")])
+            .await
+            .unwrap();
+        assert_eq!(out, vec![ClaimOutcome::Claimed, ClaimOutcome::Claimed]);
+        // A redelivered batch while the first is in work: busy, not sent.
+        assert_eq!(
+            s.claim("c", "run1", &[claim("1")]).await.unwrap(),
+            vec![ClaimOutcome::Busy]
+        );
+        s.settle(
+            "c",
+            "run1",
+            &[
+                (claim("1").key, Settlement::Delivered),
+                (claim("2").key, Settlement::Released),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            s.claim("c", "run2", &[claim("1"), claim("2")])
+                .await
+                .unwrap(),
+            vec![ClaimOutcome::Settled, ClaimOutcome::Claimed]
+        );
+        assert_eq!(
+            s.ledger_totals("c").await.unwrap(),
+            LedgerTotals {
+                delivered: 1,
+                failed: 0,
+                in_doubt: 0
+            }
+        );
+    }
+
+    pub(crate) async fn claims_of_a_dead_owner_are_found_and_resolved(s: &dyn Store) {
+        s.claim("c", "dead", &[claim("1"), claim("2")])
+            .await
+            .unwrap();
+        let left = s.unsettled("c", "alive").await.unwrap();
+        assert_eq!(left.len(), 2);
+        // The dead owner's late settle after resolution changes nothing.
+        s.resolve(
+            "c",
+            &[
+                (claim("1").key, Settlement::Delivered),
+                (claim("2").key, Settlement::InDoubt),
+            ],
+        )
+        .await
+        .unwrap();
+        s.settle("c", "dead", &[(claim("2").key, Settlement::Released)])
+            .await
+            .unwrap();
+        assert_eq!(
+            s.ledger_totals("c").await.unwrap(),
+            LedgerTotals {
+                delivered: 1,
+                failed: 0,
+                in_doubt: 1
+            }
+        );
+        assert!(s.unsettled("c", "alive").await.unwrap().is_empty());
+    }
+
+    pub(crate) async fn duplicate_ids_are_told_apart_from_rereads(s: &dyn Store) {
+        let first = s
+            .register_ids("c", &[("a".into(), 2), ("b".into(), 3)])
+            .await
+            .unwrap();
+        assert_eq!(first, vec![None, None]);
+        // Line 2 read again after a restart: not a duplicate. Line 9: is.
+        let again = s
+            .register_ids("c", &[("a".into(), 2), ("a".into(), 9)])
+            .await
+            .unwrap();
+        assert_eq!(again, vec![None, Some(2)]);
+    }
+
+    pub(crate) async fn batch_stats_count_once_per_batch(s: &dyn Store) {
+        let stats = BatchStats {
+            recipients: 3,
+            unsegmented: 1,
+            per_segment: [("vip".to_string(), 2)].into(),
+            per_variant: [("vip/a".to_string(), 2)].into(),
+        };
+        s.record_batch("c", "segment", "b1", &stats).await.unwrap();
+        s.record_batch("c", "segment", "b1", &stats).await.unwrap();
+        s.record_batch("c", "segment", "b2", &stats).await.unwrap();
+        let total = s.stage_totals("c", "segment").await.unwrap();
+        assert_eq!(
+            (
+                total.recipients,
+                total.unsegmented,
+                total.per_segment["vip"]
+            ),
+            (6, 2, 4)
+        );
+    }
+}

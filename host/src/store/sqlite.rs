@@ -463,6 +463,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::contract;
 
     fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -470,124 +471,28 @@ mod tests {
         (dir, s)
     }
 
-    fn claim(r: &str) -> LedgerClaim {
-        LedgerClaim {
-            key: LedgerKey {
-                recipient_id: r.into(),
-                message_key: "vip/a".into(),
-            },
-            message_id: format!("m-{r}"),
-        }
+    #[tokio::test]
+    async fn contract_a_message_is_claimed_once_and_never_again_after_settling() {
+        let (_d, s) = store();
+        contract::a_message_is_claimed_once_and_never_again_after_settling(&s).await;
     }
 
     #[tokio::test]
-    async fn a_message_is_claimed_once_and_never_again_after_settling() {
+    async fn contract_claims_of_a_dead_owner_are_found_and_resolved() {
         let (_d, s) = store();
-        let out = s
-            .claim("c", "run1", &[claim("1"), claim("2")])
-            .await
-            .unwrap();
-        assert_eq!(out, vec![ClaimOutcome::Claimed, ClaimOutcome::Claimed]);
-        // A redelivered batch while the first is in work: busy, not sent.
-        assert_eq!(
-            s.claim("c", "run1", &[claim("1")]).await.unwrap(),
-            vec![ClaimOutcome::Busy]
-        );
-        s.settle(
-            "c",
-            "run1",
-            &[
-                (claim("1").key, Settlement::Delivered),
-                (claim("2").key, Settlement::Released),
-            ],
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            s.claim("c", "run2", &[claim("1"), claim("2")])
-                .await
-                .unwrap(),
-            vec![ClaimOutcome::Settled, ClaimOutcome::Claimed]
-        );
-        assert_eq!(
-            s.ledger_totals("c").await.unwrap(),
-            LedgerTotals {
-                delivered: 1,
-                failed: 0,
-                in_doubt: 0
-            }
-        );
+        contract::claims_of_a_dead_owner_are_found_and_resolved(&s).await;
     }
 
     #[tokio::test]
-    async fn claims_of_a_dead_owner_are_found_and_resolved() {
+    async fn contract_duplicate_ids_are_told_apart_from_rereads() {
         let (_d, s) = store();
-        s.claim("c", "dead", &[claim("1"), claim("2")])
-            .await
-            .unwrap();
-        let left = s.unsettled("c", "alive").await.unwrap();
-        assert_eq!(left.len(), 2);
-        // The dead owner's late settle after resolution changes nothing.
-        s.resolve(
-            "c",
-            &[
-                (claim("1").key, Settlement::Delivered),
-                (claim("2").key, Settlement::InDoubt),
-            ],
-        )
-        .await
-        .unwrap();
-        s.settle("c", "dead", &[(claim("2").key, Settlement::Released)])
-            .await
-            .unwrap();
-        assert_eq!(
-            s.ledger_totals("c").await.unwrap(),
-            LedgerTotals {
-                delivered: 1,
-                failed: 0,
-                in_doubt: 1
-            }
-        );
-        assert!(s.unsettled("c", "alive").await.unwrap().is_empty());
+        contract::duplicate_ids_are_told_apart_from_rereads(&s).await;
     }
 
     #[tokio::test]
-    async fn duplicate_ids_are_told_apart_from_rereads() {
+    async fn contract_batch_stats_count_once_per_batch() {
         let (_d, s) = store();
-        let first = s
-            .register_ids("c", &[("a".into(), 2), ("b".into(), 3)])
-            .await
-            .unwrap();
-        assert_eq!(first, vec![None, None]);
-        // Line 2 read again after a restart: not a duplicate. Line 9: is.
-        let again = s
-            .register_ids("c", &[("a".into(), 2), ("a".into(), 9)])
-            .await
-            .unwrap();
-        assert_eq!(again, vec![None, Some(2)]);
-    }
-
-    #[tokio::test]
-    async fn batch_stats_count_once_per_batch() {
-        let (_d, s) = store();
-        let stats = BatchStats {
-            recipients: 3,
-            unsegmented: 1,
-            per_segment: [("vip".to_string(), 2)].into(),
-            per_variant: [("vip/a".to_string(), 2)].into(),
-        };
-        s.record_batch("c", "segment", "b1", &stats).await.unwrap();
-        s.record_batch("c", "segment", "b1", &stats).await.unwrap();
-        s.record_batch("c", "segment", "b2", &stats).await.unwrap();
-        let total = s.stage_totals("c", "segment").await.unwrap();
-        assert_eq!(
-            (
-                total.recipients,
-                total.unsegmented,
-                total.per_segment["vip"]
-            ),
-            (6, 2, 4)
-        );
+        contract::batch_stats_count_once_per_batch(&s).await;
     }
 
     #[tokio::test]
