@@ -199,3 +199,73 @@ fn preview_renders_one_recipient_with_its_mime_message() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no recipient with id `nobody`"));
 }
+
+#[test]
+fn a_jsonl_audience_over_sms_runs_too() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("people.jsonl"),
+        concat!(
+            "{\"id\": 1, \"phone\": \"+4915112345678\", \"name\": \"Ana\", \"points\": 120}\n",
+            "{\"id\": 2, \"phone\": \"0151 nope\", \"name\": \"Ben\", \"points\": 80}\n",
+            "not json at all\n",
+            "{\"id\": 3, \"phone\": \"+33612345678\", \"points\": 20}\n",
+        ),
+    )
+    .unwrap();
+    let campaign = dir.path().join("campaign.toml");
+    std::fs::write(
+        &campaign,
+        r#"
+[campaign]
+id = "points"
+channel = "sms"
+
+[audience]
+source = "people.jsonl"
+
+[[segment]]
+name = "rich"
+rule = "points >= 100"
+
+[[segment]]
+name = "rest"
+rule = "true"
+
+[[message]]
+segment = "rich"
+text = "{{ name | default: 'Hi' }}, you have {{ points }} points!"
+
+[[message]]
+segment = "rest"
+text = "{{ name | default: 'Hi' }}, collect {{ 100 | minus: points }} more points."
+
+[delivery]
+from = "+15005550006"
+endpoint = "https://sms.example.com/2010-04-01/Accounts/AC1/Messages.json"
+"#,
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let (out, report) = run_json(&campaign, &data);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(report["audience"], 4);
+    assert_eq!(report["rejected"], 2);
+    assert_eq!(report["sent"], 2);
+    let mut lines = outbox(&data);
+    lines.sort_by_key(|l| l["recipient_id"].as_str().unwrap().to_string());
+    assert_eq!(lines[0]["to"], "+4915112345678");
+    assert_eq!(lines[0]["channel"], "sms");
+    assert_eq!(lines[0]["text"], "Ana, you have 120 points!");
+    assert_eq!(lines[1]["recipient_id"], "3");
+    assert_eq!(lines[1]["text"], "Hi, collect 80 more points.");
+    let rejects = std::fs::read_to_string(report["rejects_file"].as_str().unwrap()).unwrap();
+    assert!(
+        rejects.contains("E.164") && rejects.contains("not valid JSON"),
+        "{rejects}"
+    );
+}
