@@ -54,6 +54,8 @@ pub struct BenchReport {
     /// wasm / native, per stage and end to end.
     pub ratio: Rates,
     pub peak_rss_mb: f64,
+    /// Claim + settle of one message in the SQLite ledger, alone (µs).
+    pub ledger_us_per_message: f64,
     pub wasm_seconds: f64,
     pub native_seconds: f64,
 }
@@ -108,6 +110,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         "native baseline sent {native_sent}, the pipeline {}",
         report.sent
     );
+    let ledger_us_per_message = ledger_probe(&dir.join("ledger-probe")).await?;
     let ratio = Rates {
         segment: wasm.segment / native.segment,
         personalise: wasm.personalise / native.personalise,
@@ -121,6 +124,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         native,
         ratio,
         peak_rss_mb,
+        ledger_us_per_message,
         wasm_seconds,
         native_seconds,
     };
@@ -267,6 +271,39 @@ fn native_baseline(campaign: &Campaign) -> anyhow::Result<(Rates, f64, u64)> {
     ))
 }
 
+/// The delivery ledger's own cost: claim and settle 100,000 messages in
+/// batches of 500 on a fresh SQLite store, nothing else running.
+async fn ledger_probe(dir: &std::path::Path) -> anyhow::Result<f64> {
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{LedgerClaim, LedgerKey, Settlement, Store};
+    let _ = std::fs::remove_dir_all(dir);
+    let store = SqliteStore::open(dir)?;
+    let started = Instant::now();
+    for batch in 0..200u64 {
+        let claims: Vec<LedgerClaim> = (0..500u64)
+            .map(|i| {
+                let id = (batch * 500 + i).to_string();
+                LedgerClaim {
+                    message_id: message_id("probe", &id, "s/a"),
+                    key: LedgerKey {
+                        recipient_id: id,
+                        message_key: "s/a".into(),
+                    },
+                }
+            })
+            .collect();
+        store.claim("probe", "bench", &claims).await?;
+        let settled: Vec<_> = claims
+            .into_iter()
+            .map(|c| (c.key, Settlement::Delivered))
+            .collect();
+        store.settle("probe", "bench", &settled).await?;
+    }
+    let us = started.elapsed().as_secs_f64() * 1e6 / 100_000.0;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(us)
+}
+
 /// Peak resident memory of this process (Linux `VmHWM`).
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -281,8 +318,8 @@ fn peak_rss_mb() -> f64 {
 
 fn print(r: &BenchReport) {
     println!(
-        "recipients: {}   sent: {}   peak RSS: {:.0} MB",
-        r.recipients, r.sent, r.peak_rss_mb
+        "recipients: {}   sent: {}   peak RSS: {:.0} MB   ledger claim+settle alone: {:.1} µs/message",
+        r.recipients, r.sent, r.peak_rss_mb, r.ledger_us_per_message
     );
     println!(
         "{:<14} {:>14} {:>14} {:>8}",
