@@ -314,4 +314,40 @@ pub(crate) mod contract {
             (6, 2, 4)
         );
     }
+
+    pub(crate) async fn a_message_twice_in_one_batch_is_claimed_once(s: &dyn Store) {
+        let out = s
+            .claim("c", "run1", &[claim("1"), claim("1"), claim("2")])
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            vec![
+                ClaimOutcome::Claimed,
+                ClaimOutcome::Settled,
+                ClaimOutcome::Claimed
+            ]
+        );
+        s.settle(
+            "c",
+            "run1",
+            &[
+                (
+                    claim("1").key,
+                    Settlement::Failed("550 no such user".into()),
+                ),
+                (claim("2").key, Settlement::InDoubt),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            s.ledger_totals("c").await.unwrap(),
+            LedgerTotals {
+                delivered: 0,
+                failed: 1,
+                in_doubt: 1
+            }
+        );
+    }
 }

@@ -1,9 +1,10 @@
 //! The embedded store: SQLite, one file, zero set-up.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use async_trait::async_trait;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 
 use super::*;
 use crate::sqlite::{Db, now_ms};
@@ -97,31 +98,54 @@ fn err(e: rusqlite::Error) -> StoreError {
     StoreError::Other(e.to_string())
 }
 
-fn apply_settlement(
+/// Settles a batch with one statement per kind of outcome (a failure's
+/// reason is per message, so failures go one by one; they are rare). The
+/// ledger is on every message's path, and per-row statements cost a few µs
+/// each; the keys travel as one JSON array through SQLite's `json_each`,
+/// matched with a row-value `IN` that uses the primary key.
+fn settle_batch(
     tx: &rusqlite::Transaction<'_>,
     campaign: &str,
     owner: Option<&str>,
-    key: &LedgerKey,
-    s: &Settlement,
-) -> rusqlite::Result<usize> {
-    let (state, detail) = match s {
-        Settlement::Delivered => ("delivered", None),
-        Settlement::Failed(reason) => ("failed", Some(reason.as_str())),
-        Settlement::InDoubt => ("in_doubt", None),
-        Settlement::Released => {
-            return tx
-                .prepare_cached(
-                    "DELETE FROM ledger WHERE campaign = ?1 AND recipient_id = ?2 AND message_key = ?3
-                     AND state = 'claimed' AND (?4 IS NULL OR owner = ?4)",
+    settled: &[(LedgerKey, Settlement)],
+) -> rusqlite::Result<()> {
+    let mut delivered = Vec::new();
+    let mut in_doubt = Vec::new();
+    let mut released = Vec::new();
+    for (key, s) in settled {
+        let pair = serde_json::json!([key.recipient_id, key.message_key]);
+        match s {
+            Settlement::Delivered => delivered.push(pair),
+            Settlement::InDoubt => in_doubt.push(pair),
+            Settlement::Released => released.push(pair),
+            Settlement::Failed(reason) => {
+                tx.prepare_cached(
+                    "UPDATE ledger SET state = 'failed', detail = ?4, updated_at = ?5
+                     WHERE campaign = ?1 AND recipient_id = ?2 AND message_key = ?3 AND state = 'claimed'
+                       AND (?6 IS NULL OR owner = ?6)",
                 )?
-                .execute(params![campaign, key.recipient_id, key.message_key, owner]);
+                .execute(params![campaign, key.recipient_id, key.message_key, reason, now_ms(), owner])?;
+            }
         }
-    };
-    tx.prepare_cached(
-        "UPDATE ledger SET state = ?4, detail = ?5, updated_at = ?6
-         WHERE campaign = ?1 AND recipient_id = ?2 AND message_key = ?3 AND state = 'claimed' AND (?7 IS NULL OR owner = ?7)",
-    )?
-    .execute(params![campaign, key.recipient_id, key.message_key, state, detail, now_ms(), owner])
+    }
+    const KEYS: &str =
+        "(recipient_id, message_key) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?3))";
+    for (state, keys) in [("delivered", delivered), ("in_doubt", in_doubt)] {
+        if !keys.is_empty() {
+            tx.prepare_cached(&format!(
+                "UPDATE ledger SET state = ?4, updated_at = ?5
+                 WHERE campaign = ?1 AND state = 'claimed' AND (?2 IS NULL OR owner = ?2) AND {KEYS}"
+            ))?
+            .execute(params![campaign, owner, serde_json::Value::Array(keys).to_string(), state, now_ms()])?;
+        }
+    }
+    if !released.is_empty() {
+        tx.prepare_cached(&format!(
+            "DELETE FROM ledger WHERE campaign = ?1 AND state = 'claimed' AND (?2 IS NULL OR owner = ?2) AND {KEYS}"
+        ))?
+        .execute(params![campaign, owner, serde_json::Value::Array(released).to_string()])?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -343,28 +367,49 @@ impl Store for SqliteStore {
         self.ledger
             .call(move |conn| {
                 let tx = conn.transaction()?;
-                let mut out = Vec::with_capacity(claims.len());
+                let batch = serde_json::Value::Array(
+                    claims
+                        .iter()
+                        .map(|cl| serde_json::json!([cl.key.recipient_id, cl.key.message_key, cl.message_id]))
+                        .collect(),
+                )
+                .to_string();
+                let mut inserted: HashSet<(String, String)> = HashSet::with_capacity(claims.len());
                 {
                     let mut insert = tx.prepare_cached(
                         "INSERT INTO ledger (campaign, recipient_id, message_key, message_id, state, owner, updated_at)
-                         VALUES (?1, ?2, ?3, ?4, 'claimed', ?5, ?6) ON CONFLICT DO NOTHING",
+                         SELECT ?1, value ->> 0, value ->> 1, value ->> 2, 'claimed', ?2, ?3 FROM json_each(?4) WHERE true
+                         ON CONFLICT DO NOTHING
+                         RETURNING recipient_id, message_key",
                     )?;
-                    let mut state = tx.prepare_cached(
-                        "SELECT state FROM ledger WHERE campaign = ?1 AND recipient_id = ?2 AND message_key = ?3",
-                    )?;
-                    let now = now_ms();
-                    for cl in &claims {
-                        if insert.execute(params![c, cl.key.recipient_id, cl.key.message_key, cl.message_id, o, now])? == 1 {
-                            out.push(ClaimOutcome::Claimed);
-                            continue;
-                        }
-                        let s: Option<String> =
-                            state.query_row(params![c, cl.key.recipient_id, cl.key.message_key], |r| r.get(0)).optional()?;
-                        out.push(match s.as_deref() {
-                            Some("claimed") => ClaimOutcome::Busy,
-                            _ => ClaimOutcome::Settled,
-                        });
+                    let rows = insert.query_map(params![c, o, now_ms(), batch], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                    for row in rows {
+                        inserted.insert(row?);
                     }
+                }
+                let mut states: HashMap<(String, String), String> = HashMap::new();
+                if inserted.len() < claims.len() {
+                    let mut stmt = tx.prepare_cached(
+                        "SELECT l.recipient_id, l.message_key, l.state FROM json_each(?2) AS j
+                         CROSS JOIN ledger AS l ON l.campaign = ?1 AND l.recipient_id = j.value ->> 0 AND l.message_key = j.value ->> 1",
+                    )?;
+                    let rows = stmt.query_map(params![c, batch], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
+                    for row in rows {
+                        let (key, state) = row?;
+                        states.insert(key, state);
+                    }
+                }
+                let mut out = Vec::with_capacity(claims.len());
+                for cl in &claims {
+                    let key = (cl.key.recipient_id.clone(), cl.key.message_key.clone());
+                    // `remove`: a message listed twice in one batch is ours once.
+                    out.push(if inserted.remove(&key) {
+                        ClaimOutcome::Claimed
+                    } else if states.get(&key).is_some_and(|s| s == "claimed") {
+                        ClaimOutcome::Busy
+                    } else {
+                        ClaimOutcome::Settled
+                    });
                 }
                 tx.commit()?;
                 Ok(out)
@@ -383,9 +428,7 @@ impl Store for SqliteStore {
         self.ledger
             .call(move |conn| {
                 let tx = conn.transaction()?;
-                for (key, s) in &settled {
-                    apply_settlement(&tx, &c, Some(&o), key, s)?;
-                }
+                settle_batch(&tx, &c, Some(&o), &settled)?;
                 tx.commit()
             })
             .await
@@ -424,9 +467,7 @@ impl Store for SqliteStore {
         self.ledger
             .call(move |conn| {
                 let tx = conn.transaction()?;
-                for (key, s) in &resolved {
-                    apply_settlement(&tx, &c, None, key, s)?;
-                }
+                settle_batch(&tx, &c, None, &resolved)?;
                 tx.commit()
             })
             .await
@@ -469,6 +510,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path()).unwrap();
         (dir, s)
+    }
+
+    #[tokio::test]
+    async fn contract_a_message_twice_in_one_batch_is_claimed_once() {
+        let (_d, s) = store();
+        contract::a_message_twice_in_one_batch_is_claimed_once(&s).await;
     }
 
     #[tokio::test]
