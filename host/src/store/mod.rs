@@ -320,11 +320,12 @@ pub(crate) mod contract {
             .claim("c", "run1", &[claim("1"), claim("1"), claim("2")])
             .await
             .unwrap();
+        // The copy is busy (its twin is being sent right now), never claimed.
         assert_eq!(
             out,
             vec![
                 ClaimOutcome::Claimed,
-                ClaimOutcome::Settled,
+                ClaimOutcome::Busy,
                 ClaimOutcome::Claimed
             ]
         );
