@@ -19,7 +19,13 @@ const COMPONENTS: &[(&str, &str)] = &[
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.parent().unwrap().to_path_buf();
-    for watched in ["wit", "components", "tests/plugins", "Cargo.lock"] {
+    for watched in [
+        "wit",
+        "components",
+        "tests/plugins",
+        "Cargo.lock",
+        "Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let target_dir = env::var_os("SQUALL_WASM_TARGET_DIR")

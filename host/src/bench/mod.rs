@@ -79,6 +79,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     let campaign = Campaign::load(&campaign_path).map_err(|d| anyhow::anyhow!("{d}"))?;
     eprintln!("bench: {} recipients in {}", args.recipients, dir.display());
 
+    // Compile the components once, in another process, so that neither the
+    // timing nor the peak memory below includes Cranelift (the compiled code
+    // is cached on disk and loaded in milliseconds).
+    let warm = std::process::Command::new(std::env::current_exe()?)
+        .arg("validate")
+        .arg(&campaign_path)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("compiling the components before the benchmark")?;
+    anyhow::ensure!(warm.success(), "the benchmark campaign does not validate");
+
     let mut opts = RunOptions::new(data_dir);
     opts.personalise_workers = args.personalise_workers;
     let started = Instant::now();
