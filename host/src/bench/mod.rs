@@ -149,55 +149,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
 
 /// The same stage code, natively, one thread, no queue, no store.
 fn native_baseline(campaign: &Campaign) -> anyhow::Result<(Rates, f64, u64)> {
-    let seg = prepare::segmenter_config(campaign);
-    let segmenter = Segmenter::compile(squall_pipeline_core::segment::SegmenterConfig {
-        campaign: seg.campaign,
-        fields: seg.fields,
-        segments: seg
-            .segments
-            .into_iter()
-            .map(|s| squall_pipeline_core::segment::SegmentRule {
-                name: s.name,
-                rule: s.rule,
-            })
-            .collect(),
-        messages: seg
-            .messages
-            .into_iter()
-            .map(|m| squall_pipeline_core::segment::MessageChoice {
-                segment: m.segment,
-                variant: m.variant,
-                weight: m.weight,
-            })
-            .collect(),
-    })
-    .map_err(|d| anyhow::anyhow!("{d:?}"))?;
-    let per = prepare::personaliser_config(campaign);
-    let personaliser = Personaliser::compile(squall_pipeline_core::template::PersonaliserConfig {
-        campaign: per.campaign,
-        fields: per.fields,
-        templates: per
-            .templates
-            .into_iter()
-            .map(|t| squall_pipeline_core::template::Template {
-                key: t.key,
-                subject: t.subject,
-                text: t.text,
-                html: t.html,
-            })
-            .collect(),
-    })
-    .map_err(|d| anyhow::anyhow!("{d:?}"))?;
-    let d = &campaign.file.delivery;
-    let sender = Sender::compile(squall_pipeline_core::message::SenderConfig {
-        campaign: campaign.id().to_string(),
-        channel: campaign.channel(),
-        from: d.from.get_ref().clone(),
-        reply_to: d.reply_to.clone(),
-        unsubscribe_mailto: d.unsubscribe_mailto.clone(),
-        endpoint: d.endpoint.clone(),
-    })
-    .map_err(|d| anyhow::anyhow!("{d:?}"))?;
+    let diagnostics = |d: Vec<squall_pipeline_core::Diagnostic>| anyhow::anyhow!("{d:?}");
+    let segmenter =
+        Segmenter::compile(prepare::core_segmenter_config(campaign)).map_err(diagnostics)?;
+    let personaliser =
+        Personaliser::compile(prepare::core_personaliser_config(campaign)).map_err(diagnostics)?;
+    let sender = Sender::compile(prepare::core_sender_config(campaign)).map_err(diagnostics)?;
     let keys: Vec<(String, String)> = campaign
         .file
         .message

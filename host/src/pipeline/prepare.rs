@@ -2,7 +2,8 @@
 //! own configuration (rules, templates, sender settings); their diagnostics
 //! are mapped back to the campaign file.
 
-use squall_pipeline_core::message::Channel;
+use squall_pipeline_core::message::{self, Channel};
+use squall_pipeline_core::{segment, template};
 
 use crate::campaign::{Campaign, Diagnostics, FileDiagnostic};
 use crate::runtime::{
@@ -24,16 +25,20 @@ pub enum PrepareError {
     Stage(String),
 }
 
-pub fn segmenter_config(c: &Campaign) -> segmenter_types::Config {
+// The campaign's stage configurations are built once, as the core types
+// the default stages compile natively (the benchmark's baseline uses them
+// as they are), and converted to their WIT form for the components.
+
+pub fn core_segmenter_config(c: &Campaign) -> segment::SegmenterConfig {
     let names: Vec<&String> = c.file.segment.iter().map(|s| s.name.get_ref()).collect();
-    segmenter_types::Config {
+    segment::SegmenterConfig {
         campaign: c.id().to_string(),
         fields: c.columns.clone(),
         segments: c
             .file
             .segment
             .iter()
-            .map(|s| segmenter_types::SegmentRule {
+            .map(|s| segment::SegmentRule {
                 name: s.name.get_ref().clone(),
                 rule: s.rule.get_ref().clone(),
             })
@@ -42,7 +47,7 @@ pub fn segmenter_config(c: &Campaign) -> segmenter_types::Config {
             .file
             .message
             .iter()
-            .map(|m| segmenter_types::MessageChoice {
+            .map(|m| segment::MessageChoice {
                 segment: names
                     .iter()
                     .position(|n| *n == m.segment.get_ref())
@@ -54,8 +59,8 @@ pub fn segmenter_config(c: &Campaign) -> segmenter_types::Config {
     }
 }
 
-pub fn personaliser_config(c: &Campaign) -> personaliser_types::Config {
-    personaliser_types::Config {
+pub fn core_personaliser_config(c: &Campaign) -> template::PersonaliserConfig {
+    template::PersonaliserConfig {
         campaign: c.id().to_string(),
         fields: c.columns.clone(),
         templates: c
@@ -63,7 +68,7 @@ pub fn personaliser_config(c: &Campaign) -> personaliser_types::Config {
             .message
             .iter()
             .enumerate()
-            .map(|(i, m)| personaliser_types::Template {
+            .map(|(i, m)| template::Template {
                 key: c.message_key(i),
                 subject: m
                     .subject
@@ -77,19 +82,74 @@ pub fn personaliser_config(c: &Campaign) -> personaliser_types::Config {
     }
 }
 
-pub fn sender_config(c: &Campaign) -> sender_types::Config {
+pub fn core_sender_config(c: &Campaign) -> message::SenderConfig {
     let d = &c.file.delivery;
-    sender_types::Config {
+    message::SenderConfig {
         campaign: c.id().to_string(),
-        channel: match c.channel() {
-            Channel::Email => wit_types::Channel::Email,
-            Channel::Sms => wit_types::Channel::Sms,
-            Channel::Webhook => wit_types::Channel::Webhook,
-        },
+        channel: c.channel(),
         from: d.from.get_ref().clone(),
         reply_to: d.reply_to.clone(),
         unsubscribe_mailto: d.unsubscribe_mailto.clone(),
         endpoint: d.endpoint.clone(),
+    }
+}
+
+pub fn segmenter_config(c: &Campaign) -> segmenter_types::Config {
+    let core = core_segmenter_config(c);
+    segmenter_types::Config {
+        campaign: core.campaign,
+        fields: core.fields,
+        segments: core
+            .segments
+            .into_iter()
+            .map(|s| segmenter_types::SegmentRule {
+                name: s.name,
+                rule: s.rule,
+            })
+            .collect(),
+        messages: core
+            .messages
+            .into_iter()
+            .map(|m| segmenter_types::MessageChoice {
+                segment: m.segment,
+                variant: m.variant,
+                weight: m.weight,
+            })
+            .collect(),
+    }
+}
+
+pub fn personaliser_config(c: &Campaign) -> personaliser_types::Config {
+    let core = core_personaliser_config(c);
+    personaliser_types::Config {
+        campaign: core.campaign,
+        fields: core.fields,
+        templates: core
+            .templates
+            .into_iter()
+            .map(|t| personaliser_types::Template {
+                key: t.key,
+                subject: t.subject,
+                text: t.text,
+                html: t.html,
+            })
+            .collect(),
+    }
+}
+
+pub fn sender_config(c: &Campaign) -> sender_types::Config {
+    let core = core_sender_config(c);
+    sender_types::Config {
+        campaign: core.campaign,
+        channel: match core.channel {
+            Channel::Email => wit_types::Channel::Email,
+            Channel::Sms => wit_types::Channel::Sms,
+            Channel::Webhook => wit_types::Channel::Webhook,
+        },
+        from: core.from,
+        reply_to: core.reply_to,
+        unsubscribe_mailto: core.unsubscribe_mailto,
+        endpoint: core.endpoint,
     }
 }
 
