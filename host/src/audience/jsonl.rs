@@ -85,27 +85,17 @@ impl JsonlRows {
             let raw = || String::from_utf8_lossy(&self.buf).trim_end().to_string();
             let map = match serde_json::from_slice::<Json>(&self.buf) {
                 Ok(Json::Object(map)) => map,
-                Ok(_) => {
-                    let reason = "is not a JSON object".to_string();
-                    return Some(Ok(Row::Rejected {
-                        index,
-                        reject: Reject {
-                            line,
-                            reason,
-                            raw: raw(),
-                        },
-                    }));
-                }
-                Err(e) => {
-                    let reason = format!("is not valid JSON: {e}");
-                    return Some(Ok(Row::Rejected {
-                        index,
-                        reject: Reject {
-                            line,
-                            reason,
-                            raw: raw(),
-                        },
-                    }));
+                other => {
+                    let reason = match other {
+                        Err(e) => format!("is not valid JSON: {e}"),
+                        Ok(_) => "is not a JSON object".to_string(),
+                    };
+                    let reject = Reject {
+                        line,
+                        reason,
+                        raw: raw(),
+                    };
+                    return Some(Ok(Row::Rejected { index, reject }));
                 }
             };
             let values: Vec<Option<Value>> =

@@ -33,6 +33,14 @@ pub struct Shared {
     pub unsubscribe_base: String,
 }
 
+/// A message's identity in the delivery ledger.
+fn ledger_key(m: &Outgoing) -> LedgerKey {
+    LedgerKey {
+        recipient_id: m.recipient_id.clone(),
+        message_key: format!("{}/{}", m.segment, m.variant),
+    }
+}
+
 fn retry(e: StageError, recipients: u64) -> BatchFailure {
     BatchFailure::Retry {
         reason: e.to_string(),
@@ -344,15 +352,11 @@ impl Processor for SendProcessor {
         let env = SendEnvelope::decode(&delivery.body).map_err(poison)?;
         let n = env.items.len() as u64;
         let shared = &self.shared;
-        let key = |m: &Outgoing| LedgerKey {
-            recipient_id: m.recipient_id.clone(),
-            message_key: format!("{}/{}", m.segment, m.variant),
-        };
         let claims: Vec<LedgerClaim> = env
             .items
             .iter()
             .map(|m| LedgerClaim {
-                key: key(m),
+                key: ledger_key(m),
                 message_id: m.message_id.clone(),
             })
             .collect();
@@ -392,13 +396,9 @@ impl SendProcessor {
     ) -> Result<(), BatchFailure> {
         let shared = self.shared.clone();
         let n = mine.len() as u64;
-        let key = |m: &Outgoing| LedgerKey {
-            recipient_id: m.recipient_id.clone(),
-            message_key: format!("{}/{}", m.segment, m.variant),
-        };
         let release_all = |mine: &[Outgoing]| {
             mine.iter()
-                .map(|m| (key(m), Settlement::Released))
+                .map(|m| (ledger_key(m), Settlement::Released))
                 .collect::<Vec<_>>()
         };
         let wit_messages: Vec<wit::OutgoingMessage> = mine.iter().map(outgoing_to_wit).collect();
@@ -435,7 +435,7 @@ impl SendProcessor {
         for (m, req) in mine.into_iter().zip(built) {
             match req {
                 Ok(req) => dispatches.push(Dispatch {
-                    key: key(&m),
+                    key: ledger_key(&m),
                     request: request_from_wit(req),
                     record: OutboxRecord {
                         campaign: campaign.to_string(),
@@ -452,7 +452,7 @@ impl SendProcessor {
                 }),
                 Err(reason) => {
                     // Not sent: free the claim, keep the message for replay.
-                    settlements.push((key(&m), Settlement::Released));
+                    settlements.push((ledger_key(&m), Settlement::Released));
                     let payload = serde_json::to_string(&m).unwrap_or_default();
                     let item = format!("{batch}/{}", m.recipient_id);
                     dead_letter_item(
