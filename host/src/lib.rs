@@ -8,6 +8,7 @@
 pub mod audience;
 pub mod bench;
 pub mod campaign;
+pub mod config;
 pub mod delivery;
 pub mod pipeline;
 pub mod queue;

@@ -268,6 +268,41 @@ impl Queue for EmbeddedQueue {
             .map_err(err)
     }
 
+    async fn dead_letter_depth(&self, queue: &str) -> Result<u64, QueueError> {
+        let q = queue.to_string();
+        self.db
+            .call(move |c| {
+                c.query_row(
+                    "SELECT COUNT(*) FROM dead_letters WHERE queue = ?1",
+                    params![q],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .await
+            .map(|n| n as u64)
+            .map_err(err)
+    }
+
+    async fn replay_dead_letters(&self, queue: &str) -> Result<u64, QueueError> {
+        let q = queue.to_string();
+        let moved = self
+            .db
+            .call(move |c| {
+                let tx = c.transaction()?;
+                let n = tx.execute(
+                    "INSERT INTO messages (queue, body, visible_at) SELECT queue, body, 0 FROM dead_letters WHERE queue = ?1 ORDER BY id",
+                    params![q],
+                )?;
+                tx.execute("DELETE FROM dead_letters WHERE queue = ?1", params![q])?;
+                tx.commit()?;
+                Ok(n as u64)
+            })
+            .await
+            .map_err(err)?;
+        self.arrived.notify_waiters();
+        Ok(moved)
+    }
+
     async fn dead_letters(&self, queue: &str) -> Result<Vec<DeadLetter>, QueueError> {
         let q = queue.to_string();
         self.db
@@ -326,6 +361,20 @@ mod tests {
     async fn contract_extends_visibility() {
         let (_d, q) = queue();
         contract::extends_visibility(&q).await;
+    }
+
+    #[tokio::test]
+    async fn a_stale_receipt_acknowledges_nothing() {
+        let (_d, q) = queue();
+        q.send("s", vec![b"a".to_vec()]).await.unwrap();
+        let vis = Duration::from_millis(50);
+        let first = q.receive("s", 1, vis, Duration::ZERO).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let second = q.receive("s", 1, vis * 100, Duration::ZERO).await.unwrap();
+        q.ack("s", &[first[0].receipt.clone()]).await.unwrap();
+        assert_eq!(q.depth("s").await.unwrap().in_flight, 1);
+        q.ack("s", &[second[0].receipt.clone()]).await.unwrap();
+        assert_eq!(q.depth("s").await.unwrap().total(), 0);
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@
 //! that is never settled (the worker died) is *in doubt* and is resolved by
 //! asking the transport, or else never sent again: at most once, always.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
@@ -185,8 +186,28 @@ pub trait Store: Send + Sync {
         settled: &[(LedgerKey, Settlement)],
     ) -> Result<(), StoreError>;
 
-    /// Claims not settled by owners other than `owner`: left by dead workers.
+    /// Claims not settled by owners other than `owner` whose lease (see
+    /// `beat`) has run out, or who never held one: left by dead workers.
     async fn unsettled(&self, campaign: &str, owner: &str) -> Result<Vec<Unsettled>, StoreError>;
+
+    /// Says `owner` is alive for another `lease`. A worker that stops
+    /// beating is dead: its open claims become `unsettled` for others.
+    async fn beat(&self, owner: &str, lease: std::time::Duration) -> Result<(), StoreError>;
+
+    /// Ends `owner`'s lease at once (a clean shutdown).
+    async fn retire(&self, owner: &str) -> Result<(), StoreError>;
+
+    /// Keeps what workers on other machines need to run the campaign (its
+    /// file, audience fields, plugins), keyed by the definition's hash.
+    async fn save_bundle(
+        &self,
+        campaign: &str,
+        hash: &str,
+        bundle: &[u8],
+    ) -> Result<(), StoreError>;
+
+    /// The latest saved bundle and its hash.
+    async fn bundle(&self, campaign: &str) -> Result<Option<(String, Vec<u8>)>, StoreError>;
 
     /// Resolves claims of dead owners (see `unsettled`).
     async fn resolve(
@@ -278,6 +299,39 @@ pub(crate) mod contract {
             }
         );
         assert!(s.unsettled("c", "alive").await.unwrap().is_empty());
+    }
+
+    pub(crate) async fn live_owners_keep_their_claims(s: &dyn Store) {
+        use std::time::Duration;
+        s.beat("alive", Duration::from_secs(60)).await.unwrap();
+        s.beat("dying", Duration::from_millis(1)).await.unwrap();
+        s.claim("c", "alive", &[claim("1")]).await.unwrap();
+        s.claim("c", "dying", &[claim("2")]).await.unwrap();
+        s.claim("c", "retired", &[claim("3")]).await.unwrap();
+        s.beat("retired", Duration::from_secs(60)).await.unwrap();
+        s.retire("retired").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut left: Vec<String> = s
+            .unsettled("c", "me")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|u| u.key.recipient_id)
+            .collect();
+        left.sort();
+        assert_eq!(left, vec!["2".to_string(), "3".to_string()]);
+    }
+
+    pub(crate) async fn bundles_are_kept_by_hash(s: &dyn Store) {
+        assert_eq!(s.bundle("c").await.unwrap(), None);
+        s.save_bundle("c", "h1", b"one").await.unwrap();
+        s.save_bundle("c", "h1", b"one").await.unwrap();
+        assert_eq!(
+            s.bundle("c").await.unwrap(),
+            Some(("h1".to_string(), b"one".to_vec()))
+        );
+        s.save_bundle("c", "h2", b"two").await.unwrap();
+        assert_eq!(s.bundle("c").await.unwrap().unwrap().0, "h2");
     }
 
     pub(crate) async fn duplicate_ids_are_told_apart_from_rereads(s: &dyn Store) {

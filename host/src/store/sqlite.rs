@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use async_trait::async_trait;
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 
 use super::*;
 use crate::sqlite::{Db, now_ms};
@@ -45,6 +45,13 @@ CREATE TABLE IF NOT EXISTS dead_letter_records (
     recorded_at INTEGER NOT NULL,
     PRIMARY KEY (campaign, stage, item)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS bundles (
+    campaign TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    bundle BLOB NOT NULL,
+    saved_at INTEGER NOT NULL,
+    PRIMARY KEY (campaign, hash)
+);
 ";
 
 const IDS_SCHEMA: &str = "
@@ -67,6 +74,10 @@ CREATE TABLE IF NOT EXISTS ledger (
     detail TEXT,
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (campaign, recipient_id, message_key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS owners (
+    owner TEXT PRIMARY KEY,
+    lease_until INTEGER NOT NULL
 ) WITHOUT ROWID;
 ";
 
@@ -441,9 +452,10 @@ impl Store for SqliteStore {
             .call(move |conn| {
                 let mut stmt = conn.prepare(
                     "SELECT recipient_id, message_key, message_id FROM ledger
-                     WHERE campaign = ?1 AND state = 'claimed' AND owner <> ?2",
+                     WHERE campaign = ?1 AND state = 'claimed' AND owner <> ?2
+                       AND NOT EXISTS (SELECT 1 FROM owners WHERE owners.owner = ledger.owner AND lease_until > ?3)",
                 )?;
-                let rows = stmt.query_map(params![c, o], |r| {
+                let rows = stmt.query_map(params![c, o, now_ms()], |r| {
                     Ok(Unsettled {
                         key: LedgerKey {
                             recipient_id: r.get(0)?,
@@ -453,6 +465,65 @@ impl Store for SqliteStore {
                     })
                 })?;
                 rows.collect()
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn beat(&self, owner: &str, lease: std::time::Duration) -> Result<(), StoreError> {
+        let (o, until) = (owner.to_string(), now_ms() + lease.as_millis() as i64);
+        self.ledger
+            .call(move |conn| {
+                conn.execute(
+                    "INSERT INTO owners (owner, lease_until) VALUES (?1, ?2)
+                     ON CONFLICT (owner) DO UPDATE SET lease_until = excluded.lease_until",
+                    params![o, until],
+                )
+            })
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    async fn retire(&self, owner: &str) -> Result<(), StoreError> {
+        let o = owner.to_string();
+        self.ledger
+            .call(move |conn| conn.execute("DELETE FROM owners WHERE owner = ?1", params![o]))
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    async fn save_bundle(
+        &self,
+        campaign: &str,
+        hash: &str,
+        bundle: &[u8],
+    ) -> Result<(), StoreError> {
+        let (c, h, b) = (campaign.to_string(), hash.to_string(), bundle.to_vec());
+        self.db
+            .call(move |conn| {
+                conn.execute(
+                    "INSERT INTO bundles (campaign, hash, bundle, saved_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (campaign, hash) DO UPDATE SET saved_at = excluded.saved_at",
+                    params![c, h, b, now_ms()],
+                )
+            })
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    async fn bundle(&self, campaign: &str) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        let c = campaign.to_string();
+        self.db
+            .call(move |conn| {
+                conn.query_row(
+                    "SELECT hash, bundle FROM bundles WHERE campaign = ?1 ORDER BY saved_at DESC, rowid DESC LIMIT 1",
+                    params![c],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
             })
             .await
             .map_err(err)
@@ -528,6 +599,18 @@ mod tests {
     async fn contract_claims_of_a_dead_owner_are_found_and_resolved() {
         let (_d, s) = store();
         contract::claims_of_a_dead_owner_are_found_and_resolved(&s).await;
+    }
+
+    #[tokio::test]
+    async fn contract_live_owners_keep_their_claims() {
+        let (_d, s) = store();
+        contract::live_owners_keep_their_claims(&s).await;
+    }
+
+    #[tokio::test]
+    async fn contract_bundles_are_kept_by_hash() {
+        let (_d, s) = store();
+        contract::bundles_are_kept_by_hash(&s).await;
     }
 
     #[tokio::test]

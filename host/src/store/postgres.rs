@@ -1,0 +1,662 @@
+//! The shared store: PostgreSQL, for workers spread over machines. Same
+//! contract as the SQLite store; the ledger's primary key makes a claim
+//! atomic across every worker, and batches of claims and settlements are
+//! single statements over `unnest`ed arrays.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+use super::*;
+use crate::sqlite::now_ms;
+
+mod embedded {
+    refinery::embed_migrations!("migrations/postgres");
+}
+
+/// Any fixed key: the migrations of several workers starting at once run
+/// one after the other.
+const MIGRATION_LOCK: i64 = 0x5351_5541_4c4c;
+
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+fn err(e: tokio_postgres::Error) -> StoreError {
+    let unavailable = e.is_closed()
+        || match e.as_db_error() {
+            None => true,
+            // Connection exceptions, shutdowns, resource exhaustion.
+            Some(db) => {
+                let code = db.code().code();
+                code.starts_with("08") || code.starts_with("57") || code.starts_with("53")
+            }
+        };
+    if unavailable {
+        StoreError::Unavailable(format!("PostgreSQL: {e}"))
+    } else {
+        StoreError::Other(format!("PostgreSQL: {e}"))
+    }
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => err(e),
+        other => StoreError::Unavailable(format!("PostgreSQL: {other}")),
+    }
+}
+
+impl PostgresStore {
+    /// Connects and brings the schema up to date (one set of migrations,
+    /// run at start by whoever gets there first).
+    pub async fn connect(url: &str, max_connections: usize) -> Result<PostgresStore, StoreError> {
+        let mut pg: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Other(format!("invalid PostgreSQL URL {url}: {e}")))?;
+        pg.connect_timeout(Duration::from_secs(5));
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(max_connections)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| StoreError::Other(format!("PostgreSQL pool: {e}")))?;
+        let store = PostgresStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let client: &mut tokio_postgres::Client = &mut client;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(err)?;
+        let result = embedded::migrations::runner()
+            .set_migration_table_name("squall_schema_history")
+            .run_async(client)
+            .await;
+        client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(err)?;
+        result.map_err(|e| StoreError::Other(format!("PostgreSQL migrations: {e}")))?;
+        Ok(())
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(pool_err)
+    }
+}
+
+fn keys(settled: &[(LedgerKey, Settlement)], want: &Settlement) -> (Vec<String>, Vec<String>) {
+    settled
+        .iter()
+        .filter(|(_, s)| std::mem::discriminant(s) == std::mem::discriminant(want))
+        .map(|(k, _)| (k.recipient_id.clone(), k.message_key.clone()))
+        .unzip()
+}
+
+/// Settles a batch: one statement per kind of outcome, failures (each with
+/// its own reason) as one statement over three arrays.
+async fn settle_batch(
+    tx: &tokio_postgres::Transaction<'_>,
+    campaign: &str,
+    owner: Option<&str>,
+    settled: &[(LedgerKey, Settlement)],
+) -> Result<(), tokio_postgres::Error> {
+    const KEYS: &str =
+        "(recipient_id, message_key) IN (SELECT * FROM unnest($3::text[], $4::text[]))";
+    let now = now_ms();
+    for (state, want) in [
+        ("delivered", Settlement::Delivered),
+        ("in_doubt", Settlement::InDoubt),
+    ] {
+        let (r, m) = keys(settled, &want);
+        if !r.is_empty() {
+            tx.execute(
+                &format!(
+                    "UPDATE ledger SET state = $5, updated_at = $6
+                     WHERE campaign = $1 AND state = 'claimed' AND ($2::text IS NULL OR owner = $2) AND {KEYS}"
+                ),
+                &[&campaign, &owner, &r, &m, &state, &now],
+            )
+            .await?;
+        }
+    }
+    let (r, m) = keys(settled, &Settlement::Released);
+    if !r.is_empty() {
+        tx.execute(
+            &format!(
+                "DELETE FROM ledger WHERE campaign = $1 AND state = 'claimed' AND ($2::text IS NULL OR owner = $2) AND {KEYS}"
+            ),
+            &[&campaign, &owner, &r, &m],
+        )
+        .await?;
+    }
+    let mut fr = Vec::new();
+    let mut fm = Vec::new();
+    let mut reasons = Vec::new();
+    for (k, s) in settled {
+        if let Settlement::Failed(reason) = s {
+            fr.push(k.recipient_id.clone());
+            fm.push(k.message_key.clone());
+            reasons.push(reason.clone());
+        }
+    }
+    if !fr.is_empty() {
+        tx.execute(
+            "UPDATE ledger AS l SET state = 'failed', detail = f.reason, updated_at = $6
+             FROM unnest($3::text[], $4::text[], $5::text[]) AS f(recipient_id, message_key, reason)
+             WHERE l.campaign = $1 AND l.state = 'claimed' AND ($2::text IS NULL OR l.owner = $2)
+               AND l.recipient_id = f.recipient_id AND l.message_key = f.message_key",
+            &[&campaign, &owner, &fr, &fm, &reasons, &now],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn open_campaign(
+        &self,
+        campaign: &str,
+        definition_hash: &str,
+    ) -> Result<CampaignState, StoreError> {
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO campaigns (id, definition_hash, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[&campaign, &definition_hash, &now_ms()],
+        )
+        .await
+        .map_err(err)?;
+        let row = c
+            .query_one(
+                "SELECT intake_batches_done, rows_read, intake_finished, definition_hash FROM campaigns WHERE id = $1",
+                &[&campaign],
+            )
+            .await
+            .map_err(err)?;
+        Ok(CampaignState {
+            intake_batches_done: row.get::<_, i64>(0) as u64,
+            rows_read: row.get::<_, i64>(1) as u64,
+            intake_finished: row.get(2),
+            definition_hash: row.get(3),
+        })
+    }
+
+    async fn set_intake_progress(
+        &self,
+        campaign: &str,
+        batches_done: u64,
+        rows_read: u64,
+        finished: bool,
+    ) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE campaigns SET intake_batches_done = $2, rows_read = $3, intake_finished = $4 WHERE id = $1",
+                &[&campaign, &(batches_done as i64), &(rows_read as i64), &finished],
+            )
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    async fn register_ids(
+        &self,
+        campaign: &str,
+        ids: &[(String, u64)],
+    ) -> Result<Vec<Option<u64>>, StoreError> {
+        let (names, lines): (Vec<String>, Vec<i64>) =
+            ids.iter().map(|(id, l)| (id.clone(), *l as i64)).unzip();
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO audience_ids (campaign, recipient_id, line)
+             SELECT $1, i, l FROM unnest($2::text[], $3::bigint[]) AS u(i, l) ON CONFLICT DO NOTHING",
+            &[&campaign, &names, &lines],
+        )
+        .await
+        .map_err(err)?;
+        let rows = c
+            .query(
+                "SELECT recipient_id, line FROM audience_ids WHERE campaign = $1 AND recipient_id = ANY($2)",
+                &[&campaign, &names],
+            )
+            .await
+            .map_err(err)?;
+        let first: HashMap<String, u64> = rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
+            .collect();
+        // Within one call, the first line of an id is the one that counts
+        // (as in SQLite, where rows go in one by one).
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, line) in ids {
+            let f = first.get(id).copied().unwrap_or(*line);
+            out.push((f != *line).then_some(f));
+        }
+        Ok(out)
+    }
+
+    async fn record_rejects(&self, campaign: &str, rejects: &[Reject]) -> Result<(), StoreError> {
+        if rejects.is_empty() {
+            return Ok(());
+        }
+        let lines: Vec<i64> = rejects.iter().map(|r| r.line as i64).collect();
+        let reasons: Vec<&str> = rejects.iter().map(|r| r.reason.as_str()).collect();
+        let raws: Vec<&str> = rejects.iter().map(|r| r.raw.as_str()).collect();
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO rejects (campaign, line, reason, raw)
+                 SELECT $1, l, r, w FROM unnest($2::bigint[], $3::text[], $4::text[]) AS u(l, r, w)
+                 ON CONFLICT DO NOTHING",
+                &[&campaign, &lines, &reasons, &raws],
+            )
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    async fn rejects(&self, campaign: &str) -> Result<Vec<Reject>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT line, reason, raw FROM rejects WHERE campaign = $1 ORDER BY line",
+                &[&campaign],
+            )
+            .await
+            .map_err(err)?;
+        Ok(rows
+            .iter()
+            .map(|r| Reject {
+                line: r.get::<_, i64>(0) as u64,
+                reason: r.get(1),
+                raw: r.get(2),
+            })
+            .collect())
+    }
+
+    async fn record_batch(
+        &self,
+        campaign: &str,
+        stage: &str,
+        batch: &str,
+        stats: &BatchStats,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(stats).map_err(|e| StoreError::Other(e.to_string()))?;
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO batch_stats (campaign, stage, batch, stats) VALUES ($1, $2, $3, ($4::text)::jsonb)
+                 ON CONFLICT DO NOTHING",
+                &[&campaign, &stage, &batch, &json],
+            )
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    async fn stage_totals(&self, campaign: &str, stage: &str) -> Result<BatchStats, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT stats::text FROM batch_stats WHERE campaign = $1 AND stage = $2",
+                &[&campaign, &stage],
+            )
+            .await
+            .map_err(err)?;
+        let mut total = BatchStats::default();
+        for r in rows {
+            let stats: BatchStats = serde_json::from_str(r.get::<_, &str>(0))
+                .map_err(|e| StoreError::Other(e.to_string()))?;
+            total.merge(&stats);
+        }
+        Ok(total)
+    }
+
+    async fn record_dead_letter(
+        &self,
+        campaign: &str,
+        r: &DeadLetterRecord,
+    ) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO dead_letter_records (campaign, stage, item, recipients, reason, payload, recorded_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                &[
+                    &campaign,
+                    &r.stage,
+                    &r.item,
+                    &(r.recipients as i64),
+                    &r.reason,
+                    &r.payload,
+                    &now_ms(),
+                ],
+            )
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    async fn dead_letters(&self, campaign: &str) -> Result<Vec<DeadLetterRecord>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT stage, item, recipients, reason, payload FROM dead_letter_records
+                 WHERE campaign = $1 ORDER BY recorded_at, item",
+                &[&campaign],
+            )
+            .await
+            .map_err(err)?;
+        Ok(rows
+            .iter()
+            .map(|r| DeadLetterRecord {
+                stage: r.get(0),
+                item: r.get(1),
+                recipients: r.get::<_, i64>(2) as u64,
+                reason: r.get(3),
+                payload: r.get(4),
+            })
+            .collect())
+    }
+
+    async fn claim(
+        &self,
+        campaign: &str,
+        owner: &str,
+        claims: &[LedgerClaim],
+    ) -> Result<Vec<ClaimOutcome>, StoreError> {
+        let mut rs = Vec::with_capacity(claims.len());
+        let mut ms = Vec::with_capacity(claims.len());
+        let mut ids = Vec::with_capacity(claims.len());
+        for cl in claims {
+            rs.push(cl.key.recipient_id.clone());
+            ms.push(cl.key.message_key.clone());
+            ids.push(cl.message_id.clone());
+        }
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(err)?;
+        // `DISTINCT ON`: PostgreSQL refuses to touch one row twice in one
+        // INSERT … ON CONFLICT, and a batch may list a message twice.
+        let inserted: HashSet<(String, String)> = tx
+            .query(
+                "INSERT INTO ledger (campaign, recipient_id, message_key, message_id, state, owner, updated_at)
+                 SELECT DISTINCT ON (r, m) $1, r, m, i, 'claimed', $2, $3
+                 FROM unnest($4::text[], $5::text[], $6::text[]) AS u(r, m, i)
+                 ON CONFLICT DO NOTHING
+                 RETURNING recipient_id, message_key",
+                &[&campaign, &owner, &now_ms(), &rs, &ms, &ids],
+            )
+            .await
+            .map_err(err)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let mut inserted = inserted;
+        let mut states: HashMap<(String, String), String> = HashMap::new();
+        if inserted.len() < claims.len() {
+            for r in tx
+                .query(
+                    "SELECT l.recipient_id, l.message_key, l.state FROM ledger AS l
+                     JOIN unnest($2::text[], $3::text[]) AS u(r, m)
+                       ON l.recipient_id = u.r AND l.message_key = u.m
+                     WHERE l.campaign = $1",
+                    &[&campaign, &rs, &ms],
+                )
+                .await
+                .map_err(err)?
+            {
+                states.insert((r.get(0), r.get(1)), r.get(2));
+            }
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(claims
+            .iter()
+            .map(|cl| {
+                let key = (cl.key.recipient_id.clone(), cl.key.message_key.clone());
+                if inserted.remove(&key) {
+                    ClaimOutcome::Claimed
+                } else if states.get(&key).is_some_and(|s| s == "claimed") {
+                    ClaimOutcome::Busy
+                } else {
+                    ClaimOutcome::Settled
+                }
+            })
+            .collect())
+    }
+
+    async fn settle(
+        &self,
+        campaign: &str,
+        owner: &str,
+        settled: &[(LedgerKey, Settlement)],
+    ) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(err)?;
+        settle_batch(&tx, campaign, Some(owner), settled)
+            .await
+            .map_err(err)?;
+        tx.commit().await.map_err(err)
+    }
+
+    async fn unsettled(&self, campaign: &str, owner: &str) -> Result<Vec<Unsettled>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT recipient_id, message_key, message_id FROM ledger
+                 WHERE campaign = $1 AND state = 'claimed' AND owner <> $2
+                   AND NOT EXISTS (SELECT 1 FROM owners o WHERE o.owner = ledger.owner AND o.lease_until > $3)",
+                &[&campaign, &owner, &now_ms()],
+            )
+            .await
+            .map_err(err)?;
+        Ok(rows
+            .iter()
+            .map(|r| Unsettled {
+                key: LedgerKey {
+                    recipient_id: r.get(0),
+                    message_key: r.get(1),
+                },
+                message_id: r.get(2),
+            })
+            .collect())
+    }
+
+    async fn beat(&self, owner: &str, lease: Duration) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO owners (owner, lease_until) VALUES ($1, $2)
+                 ON CONFLICT (owner) DO UPDATE SET lease_until = excluded.lease_until",
+                &[&owner, &(now_ms() + lease.as_millis() as i64)],
+            )
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    async fn retire(&self, owner: &str) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute("DELETE FROM owners WHERE owner = $1", &[&owner])
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    async fn save_bundle(
+        &self,
+        campaign: &str,
+        hash: &str,
+        bundle: &[u8],
+    ) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO bundles (campaign, hash, bundle, saved_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (campaign, hash) DO UPDATE SET saved_at = excluded.saved_at, seq = nextval(pg_get_serial_sequence('bundles', 'seq'))",
+                &[&campaign, &hash, &bundle, &now_ms()],
+            )
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    async fn bundle(&self, campaign: &str) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT hash, bundle FROM bundles WHERE campaign = $1 ORDER BY seq DESC LIMIT 1",
+                &[&campaign],
+            )
+            .await
+            .map_err(err)?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    async fn resolve(
+        &self,
+        campaign: &str,
+        resolved: &[(LedgerKey, Settlement)],
+    ) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(err)?;
+        settle_batch(&tx, campaign, None, resolved)
+            .await
+            .map_err(err)?;
+        tx.commit().await.map_err(err)
+    }
+
+    async fn ledger_totals(&self, campaign: &str) -> Result<LedgerTotals, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT state, COUNT(*) FROM ledger WHERE campaign = $1 GROUP BY state",
+                &[&campaign],
+            )
+            .await
+            .map_err(err)?;
+        let mut totals = LedgerTotals::default();
+        for r in rows {
+            let n = r.get::<_, i64>(1) as u64;
+            match r.get::<_, &str>(0) {
+                "delivered" => totals.delivered = n,
+                "failed" => totals.failed = n,
+                "in_doubt" => totals.in_doubt = n,
+                _ => {}
+            }
+        }
+        Ok(totals)
+    }
+}
+
+/// A fresh, empty database on the server at `SQUALL_TEST_POSTGRES` (a
+/// server URL without a database, e.g. `postgres://postgres@127.0.0.1:5432`),
+/// dropped by nobody: names are unique and test databases are small.
+#[cfg(test)]
+pub(crate) async fn test_database() -> Option<String> {
+    let Ok(server) = std::env::var("SQUALL_TEST_POSTGRES") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must set SQUALL_TEST_POSTGRES (see .ci/run)"
+        );
+        eprintln!("skipped: SQUALL_TEST_POSTGRES is not set");
+        return None;
+    };
+    let server = server.trim_end_matches('/').to_string();
+    let (client, conn) = tokio_postgres::connect(&format!("{server}/postgres"), NoTls)
+        .await
+        .expect("connect to the test PostgreSQL server");
+    tokio::spawn(conn);
+    let name = format!("squall_test_{:016x}", rand::random::<u64>());
+    client
+        .execute(&format!("CREATE DATABASE {name}"), &[])
+        .await
+        .unwrap();
+    Some(format!("{server}/{name}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::contract;
+
+    async fn store() -> Option<PostgresStore> {
+        let url = test_database().await?;
+        Some(PostgresStore::connect(&url, 4).await.unwrap())
+    }
+
+    macro_rules! contract_tests {
+        ($($name:ident),* $(,)?) => {$(
+            #[tokio::test]
+            async fn $name() {
+                if let Some(s) = store().await {
+                    contract::$name(&s).await;
+                }
+            }
+        )*};
+    }
+
+    contract_tests!(
+        a_message_is_claimed_once_and_never_again_after_settling,
+        claims_of_a_dead_owner_are_found_and_resolved,
+        duplicate_ids_are_told_apart_from_rereads,
+        batch_stats_count_once_per_batch,
+        a_message_twice_in_one_batch_is_claimed_once,
+        live_owners_keep_their_claims,
+        bundles_are_kept_by_hash,
+    );
+
+    #[tokio::test]
+    async fn concurrent_claims_from_many_workers_never_overlap() {
+        let Some(url) = test_database().await else {
+            return;
+        };
+        let store = std::sync::Arc::new(PostgresStore::connect(&url, 8).await.unwrap());
+        // Migrating again (a second worker starting) is harmless.
+        PostgresStore::connect(&url, 1).await.unwrap();
+        let claims: Vec<LedgerClaim> = (0..300)
+            .map(|i| LedgerClaim {
+                key: LedgerKey {
+                    recipient_id: format!("r{i}"),
+                    message_key: "s/a".into(),
+                },
+                message_id: format!("m{i}"),
+            })
+            .collect();
+        let mut tasks = Vec::new();
+        for w in 0..6 {
+            let (s, claims) = (store.clone(), claims.clone());
+            tasks.push(tokio::spawn(async move {
+                let out = s.claim("c", &format!("w{w}"), &claims).await.unwrap();
+                out.iter().filter(|o| **o == ClaimOutcome::Claimed).count()
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap();
+        }
+        assert_eq!(total, 300, "each message claimed by exactly one worker");
+    }
+}
