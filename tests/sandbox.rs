@@ -5,51 +5,18 @@ mod support;
 
 use support::*;
 
-fn hostile_campaign(dir: &std::path::Path, mode: &str) -> std::path::PathBuf {
-    std::fs::write(
-        dir.join("audience.csv"),
-        "id,email\n1,a@x.test\n2,b@x.test\n3,c@x.test\n",
+fn campaign_for(dir: &std::path::Path, mode: &str) -> std::path::PathBuf {
+    support::hostile_campaign(
+        dir,
+        &format!("hostile-{mode}"),
+        mode,
+        "timeout_ms = 300\nmemory_mb = 32\nmax_attempts = 2",
     )
-    .unwrap();
-    std::fs::copy(hostile_plugin(), dir.join("hostile.wasm")).unwrap();
-    let toml = format!(
-        r#"
-[campaign]
-id = "hostile-{mode}"
-channel = "email"
-
-[audience]
-source = "audience.csv"
-
-[[segment]]
-name = "all"
-rule = "{mode}"
-
-[[message]]
-segment = "all"
-subject = "hi"
-text = "hello"
-
-[delivery]
-from = "Shop <news@example.com>"
-
-[stages]
-segmenter = "hostile.wasm"
-
-[limits]
-timeout_ms = 300
-memory_mb = 32
-max_attempts = 2
-"#
-    );
-    let path = dir.join("campaign.toml");
-    std::fs::write(&path, toml).unwrap();
-    path
 }
 
 fn assert_dead_lettered(mode: &str, reason: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let campaign = hostile_campaign(dir.path(), mode);
+    let campaign = campaign_for(dir.path(), mode);
     let (out, report) = run_json(&campaign, &dir.path().join("data"));
     assert!(
         out.status.success(),
@@ -84,7 +51,7 @@ fn a_panic_traps() {
 #[test]
 fn a_plugin_that_does_not_implement_the_world_is_refused_at_load() {
     let dir = tempfile::tempdir().unwrap();
-    let campaign = hostile_campaign(dir.path(), "true");
+    let campaign = campaign_for(dir.path(), "true");
     // The hostile plugin is a segmenter: offered as a sender it does not fit.
     let text = std::fs::read_to_string(&campaign)
         .unwrap()

@@ -8,9 +8,14 @@ use std::sync::atomic::Ordering;
 
 use clap::{Parser, Subcommand};
 use squall::campaign::Campaign;
+use squall::config::{Config, Stage};
+use squall::pipeline::backends::Backends;
 use squall::pipeline::counters::RunCounters;
+use squall::pipeline::launch::launch;
 use squall::pipeline::prepare::PrepareError;
 use squall::pipeline::run::RunError;
+use squall::pipeline::service::{WorkerOptions, work};
+use squall::pipeline::status::status;
 use squall::pipeline::{RunOptions, preview, run};
 
 #[derive(Parser)]
@@ -57,6 +62,107 @@ enum Command {
     },
     /// Benchmark the pipeline against a native baseline on a synthetic audience.
     Bench(squall::bench::BenchArgs),
+    /// Validate a campaign, store it for the workers of a deployment and
+    /// queue its audience. Launching again resumes or does nothing.
+    Launch {
+        campaign: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one stage's worker for every launched campaign, until SIGTERM or
+    /// Ctrl-C (then it finishes or hands back what it holds, and exits).
+    Worker {
+        #[arg(long, value_enum)]
+        stage: Stage,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Batches worked on at once (default: `stage.<name>.concurrency`).
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
+    /// Progress of a launched campaign: per stage, sent, failed, dead letters.
+    Status {
+        /// The campaign's id (`[campaign] id` in its file).
+        campaign: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage the deployment's queues.
+    Queues {
+        #[command(subcommand)]
+        command: QueuesCommand,
+    },
+    /// Inspect and replay dead-lettered batches.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// The deployment's squall.toml (defaults: embedded queue, SQLite in ./squall-data).
+    #[arg(long, env = "SQUALL_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    fn load(&self) -> anyhow::Result<Config> {
+        for name in Config::unknown_env() {
+            tracing::warn!("environment variable {name} is not a Squall setting; ignored (typo?)");
+        }
+        Ok(Config::load(self.config.as_deref())?)
+    }
+}
+
+#[derive(Subcommand)]
+enum QueuesCommand {
+    /// Create the stage queues and their dead-letter queues with a redrive
+    /// policy (idempotent; existing queues are used as they are).
+    Create {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead-lettered batches with their reasons.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this stage's queue.
+        #[arg(long, value_enum)]
+        stage: Option<Stage>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a stage's dead-lettered batches back on its queue (after fixing
+    /// the cause). The ledger keeps anything already sent from going twice.
+    Replay {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long, value_enum)]
+        stage: Stage,
+    },
+}
+
+/// Sets `stop` on Ctrl-C or SIGTERM.
+fn stop_on_signals(stop: Arc<std::sync::atomic::AtomicBool>, message: &'static str) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("\n{message}");
+        stop.store(true, Ordering::Relaxed);
+    });
 }
 
 fn main() -> ExitCode {
@@ -232,6 +338,208 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             squall::bench::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Launch {
+            campaign,
+            config,
+            json,
+        } => {
+            let Some(c) = load(&campaign) else {
+                return Ok(ExitCode::from(INVALID));
+            };
+            let backends = Backends::open(config.load()?, true).await?;
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            stop_on_signals(
+                stop.clone(),
+                "stopping: launch again with the same command to queue the rest",
+            );
+            let report = match launch(&c, &backends, stop.clone()).await {
+                Ok(r) => r,
+                Err(RunError::Invalid(e)) => return Ok(invalid(e)),
+                Err(RunError::Other(e)) => return Err(e),
+            };
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else if report.already_launched {
+                println!(
+                    "{}: already launched ({} rows, {} rejected); `squall status {}` shows progress",
+                    report.campaign, report.audience, report.rejected, report.campaign
+                );
+            } else {
+                println!(
+                    "{}: launched; {} rows queued, {} rejected (listed in {}); start workers with `squall worker --stage segment|personalise|send`",
+                    report.campaign,
+                    report.queued_now,
+                    report.rejected,
+                    report.rejects_file.display()
+                );
+            }
+            Ok(if stop.load(Ordering::Relaxed) {
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Worker {
+            stage,
+            config,
+            concurrency,
+        } => {
+            let config = config.load()?;
+            let concurrency = concurrency.unwrap_or(config.stage.get(stage).concurrency);
+            let backends = Backends::open(config, true).await?;
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            stop_on_signals(
+                stop.clone(),
+                "stopping: finishing the batches in hand and releasing the rest",
+            );
+            let report = work(
+                &backends,
+                WorkerOptions {
+                    stage,
+                    concurrency,
+                    stop,
+                },
+            )
+            .await?;
+            eprintln!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status {
+            campaign,
+            config,
+            json,
+        } => {
+            let backends = Backends::open(config.load()?, false).await?;
+            let s = status(&backends, &campaign).await?;
+            if json {
+                println!("{}", serde_json::to_string(&s)?);
+            } else {
+                print_status(&s);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Queues {
+            command: QueuesCommand::Create { config },
+        } => {
+            let backends = Backends::open(config.load()?, false).await?;
+            match &backends.sqs {
+                Some(sqs) => {
+                    for stage in Stage::ALL {
+                        let url = sqs.create(stage.name()).await?;
+                        println!("{}: {url}", stage.name());
+                    }
+                }
+                None => println!(
+                    "the embedded queue needs no creation (it lives in {})",
+                    backends.config.data_dir.join("queue.sqlite").display()
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq { command } => match command {
+            DlqCommand::List {
+                config,
+                stage,
+                json,
+            } => {
+                let backends = Backends::open(config.load()?, false).await?;
+                let stages: Vec<Stage> = stage.map_or(Stage::ALL.to_vec(), |s| vec![s]);
+                let mut rows = Vec::new();
+                for s in stages {
+                    for d in backends.queue.dead_letters(s.name()).await? {
+                        rows.push(dead_letter_row(s, &d));
+                    }
+                }
+                if json {
+                    println!("{}", serde_json::to_string(&rows)?);
+                } else if rows.is_empty() {
+                    println!("no dead letters");
+                } else {
+                    for r in &rows {
+                        println!(
+                            "{} · campaign {} · batch {} · {} recipient(s) · received {} time(s)\n    {}",
+                            r["stage"].as_str().unwrap_or(""),
+                            r["campaign"].as_str().unwrap_or("?"),
+                            r["batch"].as_str().unwrap_or("?"),
+                            r["recipients"],
+                            r["receive_count"],
+                            r["reason"].as_str().unwrap_or("")
+                        );
+                    }
+                    println!(
+                        "{} dead-lettered batch(es); fix the cause, then `squall dlq replay --stage STAGE`",
+                        rows.len()
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            DlqCommand::Replay { config, stage } => {
+                let backends = Backends::open(config.load()?, false).await?;
+                let n = backends.queue.replay_dead_letters(stage.name()).await?;
+                println!("{n} batch(es) back on the {} queue", stage.name());
+                Ok(ExitCode::SUCCESS)
+            }
+        },
+    }
+}
+
+/// One dead letter for `dlq list`: what the envelope says of itself, and why.
+fn dead_letter_row(stage: Stage, d: &squall::queue::DeadLetter) -> serde_json::Value {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        campaign: Option<String>,
+        batch: Option<String>,
+        #[serde(default)]
+        items: Vec<serde::de::IgnoredAny>,
+    }
+    let head = serde_json::from_slice::<Head>(&d.body).ok();
+    serde_json::json!({
+        "stage": stage.name(),
+        "campaign": head.as_ref().and_then(|h| h.campaign.clone()),
+        "batch": head.as_ref().and_then(|h| h.batch.clone()),
+        "recipients": head.as_ref().map_or(0, |h| h.items.len()),
+        "reason": d.reason,
+        "receive_count": d.receive_count,
+        "failed_at_ms": d.failed_at_ms,
+        "bytes": d.body.len(),
+    })
+}
+
+fn print_status(s: &squall::pipeline::status::Status) {
+    println!(
+        "{} — {}",
+        s.campaign,
+        if s.complete {
+            "complete"
+        } else if s.intake_finished {
+            "running"
+        } else {
+            "launching"
+        }
+    );
+    println!(
+        "  audience {} · rejected {} · unsegmented {} · in progress {}",
+        s.audience, s.rejected, s.unsegmented, s.in_progress
+    );
+    println!(
+        "  sent {} · failed {} · in doubt {} · dead-lettered {}",
+        s.sent, s.failed, s.in_doubt, s.dead_lettered
+    );
+    for (name, st) in &s.stages {
+        println!(
+            "  {name:<12} processed {:>8} · dead-lettered {:>5} · queue (all campaigns): {} waiting, {} in flight, {} dead",
+            st.processed,
+            st.dead_lettered,
+            st.queued_batches,
+            st.in_flight_batches,
+            st.dead_letter_batches
+        );
+    }
+    for d in &s.dead_letters {
+        println!(
+            "  dead letter: {} {} ({} recipient(s)): {}",
+            d.stage, d.item, d.recipients, d.reason
+        );
     }
 }
 

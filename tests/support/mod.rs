@@ -143,3 +143,56 @@ pub fn spring_sale_copy(dir: &Path, rows: usize, transport: &str, extra: &str) -
     std::fs::write(&path, campaign + extra).unwrap();
     path
 }
+
+/// A campaign of three recipients whose segmenter is the hostile plugin:
+/// `rule` says what it does (`loop`, `bomb`, `trap`, or a real CEL rule).
+pub fn hostile_campaign(dir: &Path, id: &str, rule: &str, limits: &str) -> PathBuf {
+    std::fs::write(
+        dir.join("audience.csv"),
+        "id,email\n1,a@x.test\n2,b@x.test\n3,c@x.test\n",
+    )
+    .unwrap();
+    std::fs::copy(hostile_plugin(), dir.join("hostile.wasm")).unwrap();
+    let toml = format!(
+        r#"
+[campaign]
+id = "{id}"
+channel = "email"
+
+[audience]
+source = "audience.csv"
+
+[[segment]]
+name = "all"
+rule = "{rule}"
+
+[[message]]
+segment = "all"
+subject = "hi"
+text = "hello"
+
+[delivery]
+from = "Shop <news@example.com>"
+
+[stages]
+segmenter = "hostile.wasm"
+
+[limits]
+{limits}
+"#
+    );
+    let path = dir.join("campaign.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// Ids of the recipients of an audience (a spring-sale copy) that are in
+/// some segment: exactly the ones who must get one message.
+pub fn eligible_ids(audience: &Path) -> std::collections::BTreeSet<String> {
+    expected_spring_sale(audience)
+        .recipients
+        .into_iter()
+        .filter(|(_, r)| r.2.is_some())
+        .map(|(id, _)| id)
+        .collect()
+}

@@ -4,12 +4,14 @@
 //! checked by the stages themselves (see `pipeline::prepare`), mapped back
 //! through `Campaign::locate`.
 
+mod bundle;
 mod diagnostics;
 mod model;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+pub use bundle::{Bundle, BundleError};
 pub use diagnostics::{Diagnostics, FileDiagnostic, SourceMap};
 pub use model::*;
 
@@ -76,6 +78,22 @@ impl Campaign {
     /// so `squall validate` reports everything in one pass. An `Err` is a
     /// problem that stops even that (unreadable file, bad TOML, no audience).
     pub fn load_partial(path: &Path) -> Result<(Campaign, Vec<FileDiagnostic>), Diagnostics> {
+        Campaign::parse(path, None)
+    }
+
+    /// Loads a campaign unpacked from a stored bundle: the audience is not
+    /// here (it was streamed into the queue at launch), its fields are given.
+    pub fn load_stored(path: &Path, columns: Vec<String>) -> Result<Campaign, Diagnostics> {
+        match Campaign::parse(path, Some(columns))? {
+            (campaign, problems) if problems.is_empty() => Ok(campaign),
+            (_, problems) => Err(Diagnostics(problems)),
+        }
+    }
+
+    fn parse(
+        path: &Path,
+        known_columns: Option<Vec<String>>,
+    ) -> Result<(Campaign, Vec<FileDiagnostic>), Diagnostics> {
         let display = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| {
             Diagnostics(vec![FileDiagnostic {
@@ -95,7 +113,8 @@ impl Campaign {
         })?;
         let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let mut problems = Vec::new();
-        let Some((audience, columns, transport, stages)) = check(&file, &dir, &map, &mut problems)
+        let Some((audience, columns, transport, stages)) =
+            check(&file, &dir, &map, known_columns, &mut problems)
         else {
             return Err(Diagnostics(problems));
         };
@@ -164,6 +183,7 @@ fn check(
     file: &CampaignFile,
     dir: &Path,
     map: &SourceMap<'_>,
+    known_columns: Option<Vec<String>>,
     problems: &mut Vec<FileDiagnostic>,
 ) -> Option<Checked> {
     let c = &file.campaign;
@@ -363,9 +383,11 @@ fn check(
             .collect(),
         channel: c.channel,
     };
-    let columns = match AudienceReader::open(&spec) {
-        Ok(reader) => {
-            let columns = reader.columns().to_vec();
+    let columns = match known_columns.map_or_else(
+        || AudienceReader::open(&spec).map(|r| r.columns().to_vec()),
+        Ok,
+    ) {
+        Ok(columns) => {
             for (name, ty) in &a.fields {
                 if !columns.contains(name) {
                     problems.push(map.at_span(

@@ -16,9 +16,21 @@ use super::{Dispatch, Outcome, Transport};
 pub struct OutboxTransport {
     path: PathBuf,
     file: Arc<Mutex<File>>,
+    /// Distributed workers each append to their own file in one folder;
+    /// reconciling a dead worker's claims reads all of them.
+    peers: Option<PathBuf>,
 }
 
 impl OutboxTransport {
+    /// `<dir>/<worker>.jsonl`, one file per worker process (appends from
+    /// several processes to one file could interleave with a torn tail).
+    pub fn open_shared(dir: &Path, worker: &str) -> std::io::Result<OutboxTransport> {
+        std::fs::create_dir_all(dir)?;
+        let mut t = OutboxTransport::open(&dir.join(format!("{worker}.jsonl")))?;
+        t.peers = Some(dir.to_path_buf());
+        Ok(t)
+    }
+
     pub fn open(path: &Path) -> std::io::Result<OutboxTransport> {
         let mut file = OpenOptions::new()
             .create(true)
@@ -29,6 +41,7 @@ impl OutboxTransport {
         Ok(OutboxTransport {
             path: path.to_path_buf(),
             file: Arc::new(Mutex::new(file)),
+            peers: None,
         })
     }
 }
@@ -103,17 +116,26 @@ impl Transport for OutboxTransport {
         if ids.is_empty() {
             return Some(HashSet::new());
         }
-        let path = self.path.clone();
+        let files = match &self.peers {
+            None => vec![self.path.clone()],
+            Some(dir) => std::fs::read_dir(dir)
+                .ok()?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+                .collect(),
+        };
         let ids = ids.clone();
         tokio::task::spawn_blocking(move || {
-            let reader = BufReader::with_capacity(1 << 20, File::open(&path).ok()?);
             let mut found = HashSet::new();
-            for line in reader.lines() {
-                let line = line.ok()?;
-                if let Ok(rec) = serde_json::from_str::<IdOnly>(&line)
-                    && ids.contains(&rec.message_id)
-                {
-                    found.insert(rec.message_id);
+            for path in files {
+                let reader = BufReader::with_capacity(1 << 20, File::open(&path).ok()?);
+                for line in reader.lines() {
+                    let line = line.ok()?;
+                    if let Ok(rec) = serde_json::from_str::<IdOnly>(&line)
+                        && ids.contains(&rec.message_id)
+                    {
+                        found.insert(rec.message_id);
+                    }
                 }
             }
             Some(found)

@@ -31,6 +31,7 @@ pub struct Intake {
     pub resume_from: u64,
     /// Envelopes allowed to wait in the output queue before reading pauses:
     /// the audience streams, it is never buffered whole anywhere.
+    /// `u64::MAX`: no limit (a launch fills a durable queue for workers).
     pub read_ahead: u64,
     pub stop: Arc<AtomicBool>,
 }
@@ -124,6 +125,9 @@ impl Intake {
     }
 
     async fn wait_for_room(&self) -> anyhow::Result<()> {
+        if self.read_ahead == u64::MAX {
+            return Ok(());
+        }
         while self.queue.depth(&self.output).await?.total() >= self.read_ahead {
             if self.stop.load(Ordering::Relaxed) {
                 break;

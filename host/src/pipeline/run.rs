@@ -1,6 +1,6 @@
 //! One campaign, one machine: `squall run`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::counters::RunCounters;
 use super::intake::Intake;
 use super::prepare::{self, PrepareError};
+use super::recovery::settle_in_doubt;
 use super::stages::{PersonaliseProcessor, SegmentProcessor, SendProcessor, Shared};
 use super::worker::{self, WorkerContext};
 use crate::campaign::{Campaign, TransportSpec};
@@ -22,8 +23,8 @@ use crate::delivery::smtp::SmtpTransport;
 use crate::queue::Queue;
 use crate::queue::embedded::EmbeddedQueue;
 use crate::runtime::StageEngine;
+use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{Settlement, Store};
 
 pub type ProgressFn = Box<dyn Fn(&RunCounters) + Send + Sync>;
 
@@ -162,30 +163,7 @@ async fn execute(
     let queue_dyn: Arc<dyn Queue> = queue.clone();
     let counters = Arc::new(RunCounters::default());
     let names = |stage: &str| format!("{id}.{stage}");
-    let shared = Shared {
-        campaign: id.clone(),
-        channel: campaign.channel(),
-        queue: queue_dyn.clone(),
-        store: store.clone(),
-        counters: counters.clone(),
-        segments: Arc::new(
-            campaign
-                .file
-                .segment
-                .iter()
-                .map(|s| s.name.get_ref().clone())
-                .collect(),
-        ),
-        messages: Arc::new(
-            campaign
-                .file
-                .message
-                .iter()
-                .map(|m| (m.segment.get_ref().clone(), m.variant.get_ref().clone()))
-                .collect(),
-        ),
-        unsubscribe_base: campaign.file.delivery.unsubscribe_url.clone(),
-    };
+    let shared = Shared::new(campaign, queue_dyn.clone(), store.clone(), counters.clone());
     let limits = &campaign.file.limits;
     // A batch must never come back while it is still being worked on.
     let visibility = Duration::from_millis(limits.timeout_ms * 3).max(Duration::from_secs(60));
@@ -196,6 +174,8 @@ async fn execute(
         input: names(stage),
         max_attempts: limits.max_attempts,
         visibility,
+        poll: Duration::from_millis(200),
+        receive_max: 1,
         counters: counters.clone(),
         upstream_done: upstream.clone(),
         stop: opts.stop.clone(),
@@ -331,46 +311,6 @@ async fn execute(
     Ok(report)
 }
 
-/// Claims left open by a run that died: delivered if the transport can
-/// prove it, released (sent again) if it proves the opposite, else in doubt
-/// and never sent again.
-async fn settle_in_doubt(
-    store: &dyn Store,
-    transport: &dyn Transport,
-    campaign: &str,
-    owner: &str,
-) -> anyhow::Result<()> {
-    let open = store.unsettled(campaign, owner).await?;
-    if open.is_empty() {
-        return Ok(());
-    }
-    let ids: HashSet<String> = open.iter().map(|u| u.message_id.clone()).collect();
-    let known = transport.reconcile(&ids).await;
-    let resolved: Vec<_> = open
-        .into_iter()
-        .map(|u| {
-            let s = match &known {
-                Some(delivered) if delivered.contains(&u.message_id) => Settlement::Delivered,
-                Some(_) => Settlement::Released,
-                None => Settlement::InDoubt,
-            };
-            (u.key, s)
-        })
-        .collect();
-    let in_doubt = resolved
-        .iter()
-        .filter(|(_, s)| *s == Settlement::InDoubt)
-        .count();
-    tracing::info!(
-        open_claims = resolved.len(),
-        in_doubt,
-        transport = transport.name(),
-        "settled the delivery claims a previous run left open"
-    );
-    store.resolve(campaign, &resolved).await?;
-    Ok(())
-}
-
 pub async fn report(store: &dyn Store, campaign: &str) -> anyhow::Result<RunReport> {
     let state = store.open_campaign(campaign, "").await?;
     let segment = store.stage_totals(campaign, "segment").await?;
@@ -417,7 +357,7 @@ async fn report_complete(
 
 /// `<data-dir>/rejects/<campaign>.jsonl`: every rejected row with its line
 /// and reason, rewritten whole from the store after each run.
-async fn write_rejects(
+pub(crate) async fn write_rejects(
     store: &dyn Store,
     data_dir: &std::path::Path,
     campaign: &str,

@@ -11,7 +11,8 @@ use squall_pipeline_core::template::Rendered;
 use super::convert::{from_wit, outgoing_to_wit, request_from_wit, to_wit};
 use super::counters::RunCounters;
 use super::envelope::{Envelope, PersonaliseEnvelope, Placed, SegmentEnvelope, SendEnvelope};
-use super::worker::{BatchFailure, Processor, dead_letter_item};
+use super::recovery::settle_in_doubt;
+use super::worker::{Backoff, BatchFailure, InfraError, Processor, dead_letter_item, infra};
 use crate::delivery::{Dispatch, OutboxRecord, Outcome, Transport};
 use crate::queue::{Delivery, Queue};
 use crate::runtime::{
@@ -31,6 +32,40 @@ pub struct Shared {
     pub segments: Arc<Vec<String>>,
     pub messages: Arc<Vec<(String, String)>>,
     pub unsubscribe_base: String,
+}
+
+impl Shared {
+    pub fn new(
+        campaign: &crate::campaign::Campaign,
+        queue: Arc<dyn Queue>,
+        store: Arc<dyn Store>,
+        counters: Arc<RunCounters>,
+    ) -> Shared {
+        Shared {
+            campaign: campaign.id().to_string(),
+            channel: campaign.channel(),
+            queue,
+            store,
+            counters,
+            segments: Arc::new(
+                campaign
+                    .file
+                    .segment
+                    .iter()
+                    .map(|s| s.name.get_ref().clone())
+                    .collect(),
+            ),
+            messages: Arc::new(
+                campaign
+                    .file
+                    .message
+                    .iter()
+                    .map(|m| (m.segment.get_ref().clone(), m.variant.get_ref().clone()))
+                    .collect(),
+            ),
+            unsubscribe_base: campaign.file.delivery.unsubscribe_url.clone(),
+        }
+    }
 }
 
 /// A message's identity in the delivery ledger.
@@ -55,10 +90,23 @@ fn poison<E: std::fmt::Display>(e: E) -> BatchFailure {
     }
 }
 
-fn infra<E: std::fmt::Display>(e: E, recipients: u64) -> BatchFailure {
-    BatchFailure::Retry {
-        reason: format!("infrastructure: {e}"),
-        recipients,
+/// Settles claims whatever it takes: a message that was sent must be
+/// recorded as sent, so an outage of the store is waited out here rather
+/// than leaving a claim open behind a live worker.
+async fn settle_surely(
+    store: &dyn Store,
+    campaign: &str,
+    owner: &str,
+    settlements: &[(LedgerKey, Settlement)],
+    recipients: u64,
+) -> Result<(), BatchFailure> {
+    let mut backoff = Backoff::new();
+    loop {
+        match store.settle(campaign, owner, settlements).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_unavailable() => backoff.wait("state store", &e.to_string()).await,
+            Err(e) => return Err(infra(e, recipients)),
+        }
     }
 }
 
@@ -378,7 +426,17 @@ impl Processor for SendProcessor {
             self.send_claimed(&env.campaign, &env.batch, mine).await?;
         }
         if busy > 0 {
-            return Err(BatchFailure::Retry {
+            // Held by a live worker (it will settle them), or by a dead one
+            // whose lease ran out: settle those now so the wait ends.
+            settle_in_doubt(
+                &*self.shared.store,
+                &*self.transport,
+                &env.campaign,
+                &self.owner,
+            )
+            .await
+            .map_err(|e| infra(e, busy))?;
+            return Err(BatchFailure::Busy {
                 reason: format!("{busy} message(s) are being sent by another worker right now"),
                 recipients: busy,
             });
@@ -416,11 +474,14 @@ impl SendProcessor {
         let built = match built {
             Ok(b) if b.len() == mine.len() => b,
             other => {
-                shared
-                    .store
-                    .settle(campaign, &self.owner, &release_all(&mine))
-                    .await
-                    .map_err(|e| infra(e, n))?;
+                settle_surely(
+                    &*shared.store,
+                    campaign,
+                    &self.owner,
+                    &release_all(&mine),
+                    n,
+                )
+                .await?;
                 return Err(match other {
                     Err(e) => retry(e, n),
                     Ok(b) => BatchFailure::Retry {
@@ -432,6 +493,7 @@ impl SendProcessor {
         };
         let mut dispatches = Vec::with_capacity(mine.len());
         let mut settlements = Vec::with_capacity(mine.len());
+        let mut unbuildable = Vec::new();
         for (m, req) in mine.into_iter().zip(built) {
             match req {
                 Ok(req) => dispatches.push(Dispatch {
@@ -451,21 +513,12 @@ impl SendProcessor {
                     },
                 }),
                 Err(reason) => {
-                    // Not sent: free the claim, keep the message for replay.
+                    // Not sent: free the claim, keep the message for replay
+                    // (after the ledger is settled, so a failure to record
+                    // it never leaves a claim open).
                     settlements.push((ledger_key(&m), Settlement::Released));
                     let payload = serde_json::to_string(&m).unwrap_or_default();
-                    let item = format!("{batch}/{}", m.recipient_id);
-                    dead_letter_item(
-                        &*shared.store,
-                        &shared.counters,
-                        campaign,
-                        "send",
-                        item,
-                        reason,
-                        payload,
-                    )
-                    .await
-                    .map_err(|e| infra(e, n))?;
+                    unbuildable.push((format!("{batch}/{}", m.recipient_id), reason, payload));
                 }
             }
         }
@@ -491,11 +544,20 @@ impl SendProcessor {
                 }
             }
         }
-        shared
-            .store
-            .settle(campaign, &self.owner, &settlements)
+        settle_surely(&*shared.store, campaign, &self.owner, &settlements, n).await?;
+        for (item, reason, payload) in unbuildable {
+            dead_letter_item(
+                &*shared.store,
+                &shared.counters,
+                campaign,
+                "send",
+                item,
+                reason,
+                payload,
+            )
             .await
             .map_err(|e| infra(e, n))?;
+        }
         if let Some(first) = transient.first() {
             let distinct: HashSet<&String> = transient.iter().collect();
             return Err(BatchFailure::Retry {

@@ -1,0 +1,92 @@
+//! `squall launch`: validate a campaign, store it for the workers, and
+//! stream its audience into the first stage's queue. Launching again
+//! resumes an interrupted intake and otherwise changes nothing.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use serde::Serialize;
+
+use super::backends::Backends;
+use super::counters::RunCounters;
+use super::intake::Intake;
+use super::prepare;
+use super::run::{RunError, write_rejects};
+use crate::campaign::{Bundle, Campaign};
+use crate::config::Stage;
+use crate::runtime::StageEngine;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LaunchReport {
+    pub campaign: String,
+    /// Audience rows read in all (valid or not).
+    pub audience: u64,
+    pub rejected: u64,
+    /// Rows handed to the segment queue by this launch.
+    pub queued_now: u64,
+    /// The audience was already fully queued by an earlier launch.
+    pub already_launched: bool,
+    pub rejects_file: std::path::PathBuf,
+}
+
+pub async fn launch(
+    campaign: &Campaign,
+    backends: &Backends,
+    stop: Arc<AtomicBool>,
+) -> Result<LaunchReport, RunError> {
+    // Everything the stages would reject is reported before anything is
+    // queued: a campaign that cannot run never starts.
+    let engine = StageEngine::new(&campaign.file.limits.sandbox())?;
+    prepare::stages(campaign, &engine)?;
+    let bundle = Bundle::of(campaign).map_err(anyhow::Error::from)?;
+
+    let store = backends.store.clone();
+    let id = campaign.id().to_string();
+    store
+        .save_bundle(&id, &campaign.hash, &bundle.to_bytes())
+        .await
+        .map_err(anyhow::Error::from)?;
+    let state = store
+        .open_campaign(&id, &campaign.hash)
+        .await
+        .map_err(anyhow::Error::from)?;
+    if state.definition_hash != campaign.hash {
+        tracing::warn!(
+            campaign = id,
+            "the campaign file changed since it was first launched; messages already sent stay sent, workers use the new file from now on"
+        );
+    }
+    let counters = Arc::new(RunCounters::default());
+    if !state.intake_finished {
+        let intake = Intake {
+            campaign: id.clone(),
+            audience: campaign.audience.clone(),
+            columns: campaign.columns.clone(),
+            batch_size: backends.config.stage.segment.batch_size as u64,
+            queue: backends.queue.clone(),
+            output: Stage::Segment.name().to_string(),
+            store: store.clone(),
+            counters: counters.clone(),
+            resume_from: state.intake_batches_done,
+            // Workers may not be running yet: the queue holds the whole
+            // audience (SQS keeps messages for days); memory stays flat
+            // because rows stream from the file to the queue.
+            read_ahead: u64::MAX,
+            stop: stop.clone(),
+        };
+        intake.run().await?;
+    }
+    let state = store
+        .open_campaign(&id, "")
+        .await
+        .map_err(anyhow::Error::from)?;
+    let rejects_file = write_rejects(&*store, &backends.config.data_dir, &id).await?;
+    Ok(LaunchReport {
+        campaign: id.clone(),
+        audience: state.rows_read,
+        rejected: store.rejects(&id).await.map_err(anyhow::Error::from)?.len() as u64,
+        queued_now: RunCounters::get(&counters.rows_read),
+        already_launched: RunCounters::get(&counters.rows_read) == 0 && state.intake_finished,
+        rejects_file,
+    })
+}

@@ -1,0 +1,341 @@
+//! `squall worker --stage S`: one stage's worker process for a deployment.
+//! It serves every launched campaign: each batch names its campaign, whose
+//! stored bundle is unpacked and prepared on first sight (per worker task,
+//! since each holds its own Wasm instances).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use super::backends::Backends;
+use super::counters::RunCounters;
+use super::prepare;
+use super::recovery::settle_in_doubt;
+use super::stages::{PersonaliseProcessor, SegmentProcessor, SendProcessor, Shared};
+use super::worker::{self, BatchFailure, Processor, WorkerContext, infra};
+use crate::campaign::{Bundle, Campaign, TransportSpec};
+use crate::config::Stage;
+use crate::delivery::Transport;
+use crate::delivery::null::NullTransport;
+use crate::delivery::outbox::OutboxTransport;
+use crate::delivery::smtp::SmtpTransport;
+use crate::queue::Delivery;
+use crate::runtime::StageEngine;
+
+/// A worker's lease in the store: a worker silent for this long is dead
+/// and its open delivery claims are settled by others.
+const LEASE: Duration = Duration::from_secs(30);
+
+pub struct WorkerOptions {
+    pub stage: Stage,
+    pub concurrency: usize,
+    pub stop: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct WorkerReport {
+    pub worker: String,
+    pub stage: String,
+    pub sent: u64,
+    pub failed: u64,
+    pub skipped_already_sent: u64,
+    pub dead_lettered: u64,
+}
+
+fn worker_id(stage: Stage) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    format!(
+        "{}-{host}-{}-{:06x}",
+        stage.name(),
+        std::process::id(),
+        rand::random::<u32>() & 0xff_ffff
+    )
+}
+
+/// Runs until `stop` is set, then finishes or releases what it holds.
+pub async fn work(backends: &Backends, opts: WorkerOptions) -> anyhow::Result<WorkerReport> {
+    let id = worker_id(opts.stage);
+    let config = &backends.config;
+    let counters = Arc::new(RunCounters::default());
+    tracing::info!(
+        worker = id,
+        stage = opts.stage.name(),
+        concurrency = opts.concurrency,
+        "worker started"
+    );
+
+    // The lease: renewed well within its length; missing a few renewals
+    // (a store outage) is harmless, the claims stay ours.
+    backends.store.beat(&id, LEASE).await?;
+    let lease = {
+        let (store, id) = (backends.store.clone(), id.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LEASE / 4).await;
+                if let Err(e) = store.beat(&id, LEASE).await {
+                    tracing::warn!("could not renew the worker's lease: {e}");
+                }
+            }
+        })
+    };
+
+    let transports = Arc::new(Transports::new(config.data_dir.join("outbox"), id.clone()));
+    let mut tasks = tokio::task::JoinSet::new();
+    let limits = config.stage.get(opts.stage);
+    for _ in 0..opts.concurrency.max(1) {
+        let ctx = WorkerContext {
+            queue: backends.queue.clone(),
+            store: backends.store.clone(),
+            campaign: "unknown".into(),
+            input: opts.stage.name().to_string(),
+            max_attempts: 3, // each campaign's own, see `Router::max_attempts`
+            visibility: config.queue.visibility(),
+            poll: config.queue.wait(),
+            receive_max: limits.read_ahead.clamp(1, 10),
+            counters: counters.clone(),
+            upstream_done: Arc::new(AtomicBool::new(false)),
+            stop: opts.stop.clone(),
+        };
+        let router = Router {
+            stage: opts.stage,
+            owner: id.clone(),
+            data_dir: config.data_dir.clone(),
+            shared_parts: (
+                backends.queue.clone(),
+                backends.store.clone(),
+                counters.clone(),
+            ),
+            transports: transports.clone(),
+            campaigns: HashMap::new(),
+            engines: HashMap::new(),
+        };
+        tasks.spawn(async move { worker::run(&ctx, router).await });
+    }
+    let mut failure = None;
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r.map_err(anyhow::Error::from).and_then(|r| r) {
+            opts.stop.store(true, Ordering::Relaxed);
+            failure.get_or_insert(e);
+        }
+    }
+    lease.abort();
+    // A clean exit settled everything it claimed: end the lease at once.
+    if failure.is_none()
+        && let Err(e) = backends.store.retire(&id).await
+    {
+        tracing::warn!("could not end the worker's lease (it runs out by itself): {e}");
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    tracing::info!(worker = id, "worker stopped");
+    Ok(WorkerReport {
+        worker: id,
+        stage: opts.stage.name().into(),
+        sent: RunCounters::get(&counters.sent),
+        failed: RunCounters::get(&counters.failed),
+        skipped_already_sent: RunCounters::get(&counters.skipped_already_sent),
+        dead_lettered: RunCounters::get(&counters.dead_lettered),
+    })
+}
+
+/// One transport per destination, shared by the worker's tasks: the outbox
+/// is one file per worker process.
+struct Transports {
+    outbox_dir: PathBuf,
+    worker: String,
+    made: tokio::sync::Mutex<HashMap<String, Arc<dyn Transport>>>,
+}
+
+impl Transports {
+    fn new(outbox_dir: PathBuf, worker: String) -> Transports {
+        Transports {
+            outbox_dir,
+            worker,
+            made: Default::default(),
+        }
+    }
+
+    async fn get(&self, c: &Campaign) -> anyhow::Result<Arc<dyn Transport>> {
+        let key = format!("{:?}", c.transport);
+        let mut made = self.made.lock().await;
+        if let Some(t) = made.get(&key) {
+            return Ok(t.clone());
+        }
+        let t: Arc<dyn Transport> = match &c.transport {
+            TransportSpec::Outbox => Arc::new(
+                OutboxTransport::open_shared(&self.outbox_dir, &self.worker).with_context(
+                    || format!("cannot open the outbox in {}", self.outbox_dir.display()),
+                )?,
+            ),
+            TransportSpec::Smtp { host, port } => {
+                Arc::new(SmtpTransport::new(host, *port, c.file.delivery.connections))
+            }
+            TransportSpec::Null => Arc::new(NullTransport),
+        };
+        made.insert(key, t.clone());
+        Ok(t)
+    }
+}
+
+enum Loaded {
+    Segment(SegmentProcessor),
+    Personalise(PersonaliseProcessor),
+    Send(SendProcessor),
+}
+
+struct ForCampaign {
+    hash: String,
+    checked: std::time::Instant,
+    max_attempts: u32,
+    processor: Loaded,
+}
+
+/// Routes each batch to its campaign's processor, loading campaigns on
+/// first sight and again when their stored definition changes.
+pub struct Router {
+    stage: Stage,
+    owner: String,
+    data_dir: PathBuf,
+    shared_parts: (
+        Arc<dyn crate::queue::Queue>,
+        Arc<dyn crate::store::Store>,
+        Arc<RunCounters>,
+    ),
+    transports: Arc<Transports>,
+    campaigns: HashMap<String, ForCampaign>,
+    /// Engines by sandbox limits: creating one reserves the instance pool.
+    engines: HashMap<(u32, u64), Arc<StageEngine>>,
+}
+
+#[derive(Deserialize)]
+struct Head {
+    campaign: String,
+}
+
+/// How often a worker looks for a newer definition of a loaded campaign.
+const RECHECK: Duration = Duration::from_secs(10);
+
+impl Router {
+    async fn load(&mut self, campaign: &str) -> Result<(), BatchFailure> {
+        if self
+            .campaigns
+            .get(campaign)
+            .is_some_and(|c| c.checked.elapsed() < RECHECK)
+        {
+            return Ok(());
+        }
+        let (queue, store, counters) = self.shared_parts.clone();
+        let stored = store.bundle(campaign).await.map_err(|e| infra(e, 0))?;
+        let Some((hash, bytes)) = stored else {
+            return Err(BatchFailure::Poison {
+                reason: format!(
+                    "campaign `{campaign}` is not in the store: launch it with `squall launch` against the same store"
+                ),
+                recipients: 0,
+            });
+        };
+        if let Some(c) = self.campaigns.get_mut(campaign)
+            && c.hash == hash
+        {
+            c.checked = std::time::Instant::now();
+            return Ok(());
+        }
+        let fail = |e: String| BatchFailure::Retry {
+            reason: format!("cannot load campaign `{campaign}`: {e}"),
+            recipients: 0,
+        };
+        let bundle = Bundle::from_bytes(&bytes).map_err(|e| fail(e.to_string()))?;
+        let dir = self.data_dir.join("campaigns").join(campaign).join(&hash);
+        let c = bundle.unpack(&dir).map_err(|e| fail(e.to_string()))?;
+        let limits = c.file.limits.sandbox();
+        let engine = match self.engines.get(&(limits.memory_mb, limits.timeout_ms)) {
+            Some(e) => e.clone(),
+            None => {
+                let e = Arc::new(StageEngine::new(&limits).map_err(|e| fail(e.to_string()))?);
+                self.engines
+                    .insert((limits.memory_mb, limits.timeout_ms), e.clone());
+                e
+            }
+        };
+        let stages = prepare::stages(&c, &engine).map_err(|e| fail(e.to_string()))?;
+        let shared = Shared::new(&c, queue, store.clone(), counters);
+        let processor = match self.stage {
+            Stage::Segment => Loaded::Segment(SegmentProcessor {
+                shared,
+                stage: Some(stages.segmenter),
+                next_queue: Stage::Personalise.name().into(),
+            }),
+            Stage::Personalise => Loaded::Personalise(PersonaliseProcessor {
+                shared,
+                stage: Some(stages.personaliser),
+                next_queue: Stage::Send.name().into(),
+            }),
+            Stage::Send => {
+                let transport = self
+                    .transports
+                    .get(&c)
+                    .await
+                    .map_err(|e| fail(format!("{e:#}")))?;
+                // Claims a dead worker left open are settled before this
+                // worker sends anything of the campaign.
+                settle_in_doubt(&*store, &*transport, campaign, &self.owner)
+                    .await
+                    .map_err(|e| infra(e, 0))?;
+                Loaded::Send(SendProcessor {
+                    shared,
+                    stage: Some(stages.sender),
+                    transport,
+                    owner: self.owner.clone(),
+                })
+            }
+        };
+        tracing::info!(campaign, hash, stage = self.stage.name(), "campaign loaded");
+        self.campaigns.insert(
+            campaign.to_string(),
+            ForCampaign {
+                hash,
+                checked: std::time::Instant::now(),
+                max_attempts: c.file.limits.max_attempts,
+                processor,
+            },
+        );
+        Ok(())
+    }
+}
+
+impl Processor for Router {
+    fn stage(&self) -> &'static str {
+        self.stage.name()
+    }
+
+    fn max_attempts(&self, delivery: &Delivery) -> Option<u32> {
+        let head = serde_json::from_slice::<Head>(&delivery.body).ok()?;
+        self.campaigns.get(&head.campaign).map(|c| c.max_attempts)
+    }
+
+    async fn process(&mut self, delivery: &Delivery) -> Result<(), BatchFailure> {
+        let head: Head =
+            serde_json::from_slice(&delivery.body).map_err(|e| BatchFailure::Poison {
+                reason: format!("not a Squall batch envelope: {e}"),
+                recipients: 0,
+            })?;
+        self.load(&head.campaign).await?;
+        let entry = self
+            .campaigns
+            .get_mut(&head.campaign)
+            .expect("loaded above");
+        match &mut entry.processor {
+            Loaded::Segment(p) => p.process(delivery).await,
+            Loaded::Personalise(p) => p.process(delivery).await,
+            Loaded::Send(p) => p.process(delivery).await,
+        }
+    }
+}

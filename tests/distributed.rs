@@ -1,0 +1,481 @@
+//! Distributed Squall: real `squall worker` processes per stage, connected
+//! by SQS (a real moto server, one per test, so pausing it disturbs no
+//! other test) with state in a fresh PostgreSQL database.
+//!
+//! Needs `moto_server` on PATH and `SQUALL_TEST_POSTGRES` (a server URL);
+//! `.ci/run` provides both.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+struct Deployment {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    moto: Child,
+    workers: Vec<(String, Child)>,
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        for (_, w) in &mut self.workers {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        let _ = self.moto.kill();
+        let _ = self.moto.wait();
+    }
+}
+
+fn postgres_database() -> Option<String> {
+    let Ok(server) = std::env::var("SQUALL_TEST_POSTGRES") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must set SQUALL_TEST_POSTGRES"
+        );
+        eprintln!("skipped: SQUALL_TEST_POSTGRES is not set");
+        return None;
+    };
+    let name = format!("squall_e2e_{:016x}", rand_u64());
+    let status = Command::new("psql")
+        .arg(format!("{}/postgres", server.trim_end_matches('/')))
+        .args(["-q", "-c", &format!("CREATE DATABASE {name}")])
+        .status()
+        .expect("psql");
+    assert!(status.success(), "cannot create the test database");
+    Some(format!("{}/{name}", server.trim_end_matches('/')))
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish()
+}
+
+fn start_moto(port: u16) -> Child {
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server on PATH (pip install 'moto[server]')");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "moto did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+}
+
+impl Deployment {
+    fn new() -> Option<Deployment> {
+        Deployment::with_batch_size(500)
+    }
+
+    /// Smaller batches make a campaign take longer (more queue messages):
+    /// room for a kill or an outage in the middle of it.
+    fn with_batch_size(batch_size: usize) -> Option<Deployment> {
+        let db = postgres_database()?;
+        let port = free_port();
+        let moto = start_moto(port);
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("squall.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+data_dir = "data"
+
+[queue]
+backend = "sqs"
+endpoint = "http://127.0.0.1:{port}"
+prefix = "e2e-"
+visibility_timeout_s = 20
+wait_s = 1
+max_receives = 6
+
+[store]
+url = "{db}"
+
+[stage.segment]
+batch_size = {batch_size}
+"#
+            ),
+        )
+        .unwrap();
+        let d = Deployment {
+            dir,
+            config,
+            moto,
+            workers: Vec::new(),
+        };
+        let out = d.squall(&["queues", "create"]).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        Some(d)
+    }
+
+    fn squall(&self, args: &[&str]) -> Command {
+        let mut cmd = squall();
+        cmd.args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn launch(&self, campaign: &Path) -> serde_json::Value {
+        let out = self
+            .squall(&["launch", "--json", campaign.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "launch failed: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn start_worker(&mut self, stage: &str, log: &str) {
+        let err = std::fs::File::create(self.dir.path().join(format!("{log}.log"))).unwrap();
+        let child = self
+            .squall(&["worker", "--stage", stage])
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        self.workers.push((log.to_string(), child));
+    }
+
+    fn kill9(&mut self, log: &str) {
+        let i = self.workers.iter().position(|(l, _)| l == log).unwrap();
+        let (_, mut child) = self.workers.remove(i);
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+
+    fn status(&self, campaign: &str) -> serde_json::Value {
+        let out = self
+            .squall(&["status", "--json", campaign])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "status failed: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn wait_until(
+        &mut self,
+        campaign: &str,
+        limit: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let s = self.status(campaign);
+            if done(&s) {
+                return s;
+            }
+            for (log, w) in &mut self.workers {
+                if let Ok(Some(code)) = w.try_wait() {
+                    panic!(
+                        "worker {log} exited with {code}: {}",
+                        std::fs::read_to_string(self.dir.path().join(format!("{log}.log")))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "campaign did not get there in {limit:?}; last status: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// SIGTERM every worker; each must exit cleanly, soon.
+    fn stop_workers(&mut self) {
+        for (_, w) in &self.workers {
+            unsafe_kill(w.id(), "TERM");
+        }
+        for (log, w) in &mut self.workers {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(status) = w.try_wait().unwrap() {
+                    assert!(status.success(), "worker {log} exited with {status}");
+                    break;
+                }
+                assert!(Instant::now() < deadline, "worker {log} ignored SIGTERM");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        self.workers.clear();
+    }
+
+    /// Every outbox line of every send worker.
+    fn outbox(&self) -> Vec<serde_json::Value> {
+        let mut lines = Vec::new();
+        let Ok(dir) = std::fs::read_dir(self.data().join("outbox")) else {
+            return lines;
+        };
+        for f in dir {
+            let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
+            for l in text.lines() {
+                lines.push(serde_json::from_str(l).expect("every outbox line is whole JSON"));
+            }
+        }
+        lines
+    }
+}
+
+fn unsafe_kill(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal} {pid}");
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn complete(s: &serde_json::Value) -> bool {
+    s["complete"] == true
+}
+
+/// (recipient, segment/variant) of each line, asserting none repeats.
+fn exactly_once(lines: &[serde_json::Value]) -> BTreeSet<(String, String)> {
+    let mut seen = BTreeSet::new();
+    for l in lines {
+        let key = (
+            l["recipient_id"].as_str().unwrap().to_string(),
+            format!(
+                "{}/{}",
+                l["segment"].as_str().unwrap(),
+                l["variant"].as_str().unwrap()
+            ),
+        );
+        assert!(seen.insert(key.clone()), "{key:?} was sent twice");
+    }
+    seen
+}
+
+fn embedded_reference() -> (serde_json::Value, Vec<serde_json::Value>) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (out, report) = run_json(&example("spring-sale").join("campaign.toml"), &data);
+    assert!(out.status.success(), "{}", stderr(&out));
+    (report, outbox(&data))
+}
+
+fn content(l: &serde_json::Value) -> (String, String, String, String, String) {
+    let s = |k: &str| l[k].as_str().unwrap_or_default().to_string();
+    (
+        s("recipient_id"),
+        s("to"),
+        s("subject"),
+        s("text"),
+        s("html"),
+    )
+}
+
+#[test]
+fn sqs_and_postgres_give_the_embedded_result_message_for_message() {
+    let Some(mut d) = Deployment::new() else {
+        return;
+    };
+    let launched = d.launch(&example("spring-sale").join("campaign.toml"));
+    assert_eq!(launched["audience"], 10_005);
+    // Launching again queues nothing twice.
+    let again = d.launch(&example("spring-sale").join("campaign.toml"));
+    assert_eq!(again["already_launched"], true, "{again}");
+
+    for stage in ["segment", "personalise", "send"] {
+        d.start_worker(stage, stage);
+    }
+    let status = d.wait_until("spring-sale", Duration::from_secs(300), complete);
+    d.stop_workers();
+
+    let (reference, reference_outbox) = embedded_reference();
+    for key in [
+        "audience",
+        "rejected",
+        "unsegmented",
+        "per_segment",
+        "per_variant",
+        "sent",
+        "failed",
+        "dead_lettered",
+    ] {
+        assert_eq!(status[key], reference[key], "{key} differs");
+    }
+    let ours = d.outbox();
+    exactly_once(&ours);
+    let mine: BTreeSet<_> = ours.iter().map(content).collect();
+    let theirs: BTreeSet<_> = reference_outbox.iter().map(content).collect();
+    assert_eq!(mine.len(), reference_outbox.len());
+    assert!(
+        mine == theirs,
+        "the distributed run rendered different messages"
+    );
+
+    // Every stage's queue is drained and nothing was dead-lettered.
+    for (stage, st) in status["stages"].as_object().unwrap() {
+        assert_eq!(st["dead_letter_batches"], 0, "{stage}: {st}");
+    }
+    let dlq = d.squall(&["dlq", "list"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&dlq.stdout).contains("no dead letters"));
+}
+
+#[test]
+fn two_senders_in_parallel_deliver_each_message_exactly_once() {
+    let Some(mut d) = Deployment::new() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let campaign = spring_sale_copy(dir.path(), 4000, "outbox", "");
+    d.launch(&campaign);
+    d.start_worker("segment", "segment");
+    d.start_worker("personalise", "personalise");
+    d.start_worker("send", "send-1");
+    d.start_worker("send", "send-2");
+    let status = d.wait_until("spring-sale", Duration::from_secs(300), complete);
+    d.stop_workers();
+
+    let lines = d.outbox();
+    let sent = exactly_once(&lines);
+    assert_eq!(sent.len() as u64, status["sent"].as_u64().unwrap());
+    assert_eq!(
+        sent.len(),
+        eligible_ids(&dir.path().join("audience.csv")).len()
+    );
+    // Both workers took part (each has its own outbox file with lines).
+    let files: Vec<_> = std::fs::read_dir(d.data().join("outbox"))
+        .unwrap()
+        .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap())
+        .filter(|t| !t.is_empty())
+        .collect();
+    assert_eq!(files.len(), 2, "both send workers should have sent");
+}
+
+#[test]
+fn killed_workers_lose_nothing_and_send_nothing_twice() {
+    let Some(mut d) = Deployment::with_batch_size(40) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let campaign = spring_sale_copy(dir.path(), 10_005, "outbox", "");
+    d.launch(&campaign);
+    d.start_worker("segment", "segment");
+    d.start_worker("personalise", "personalise-1");
+    d.start_worker("send", "send-1");
+    // Mid-campaign: some sent, most not.
+    d.wait_until("spring-sale", Duration::from_secs(300), |s| {
+        s["sent"].as_u64().unwrap() > 200
+    });
+    d.kill9("personalise-1");
+    d.kill9("send-1");
+    let sent_before = d.status("spring-sale")["sent"].as_u64().unwrap();
+    d.start_worker("personalise", "personalise-2");
+    d.start_worker("send", "send-2");
+    let status = d.wait_until("spring-sale", Duration::from_secs(400), complete);
+    d.stop_workers();
+
+    let eligible = eligible_ids(&dir.path().join("audience.csv"));
+    assert!(
+        sent_before < eligible.len() as u64,
+        "the kill came too late"
+    );
+    let lines = d.outbox();
+    let sent = exactly_once(&lines);
+    let ids: BTreeSet<String> = sent.into_iter().map(|(r, _)| r).collect();
+    assert_eq!(ids, eligible, "everyone eligible got exactly one message");
+    assert_eq!(status["in_doubt"], 0, "the outbox proves what was sent");
+    assert_eq!(status["sent"], eligible.len() as u64);
+}
+
+#[test]
+fn workers_ride_out_an_sqs_outage() {
+    let Some(mut d) = Deployment::with_batch_size(40) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let campaign = spring_sale_copy(dir.path(), 10_005, "outbox", "");
+    d.launch(&campaign);
+    for stage in ["segment", "personalise", "send"] {
+        d.start_worker(stage, stage);
+    }
+    let before = d.wait_until("spring-sale", Duration::from_secs(300), |s| {
+        s["stages"]["segment"]["processed"].as_u64().unwrap() > 0
+    });
+    // The SQS server freezes (connections hang, nothing answers) ...
+    unsafe_kill(d.moto.id(), "STOP");
+    assert_eq!(before["complete"], false, "the outage came too late");
+    std::thread::sleep(Duration::from_secs(6));
+    // ... and comes back; the workers carry on by themselves.
+    unsafe_kill(d.moto.id(), "CONT");
+    let status = d.wait_until("spring-sale", Duration::from_secs(300), complete);
+    d.stop_workers();
+
+    let sent = exactly_once(&d.outbox());
+    assert_eq!(
+        sent.len(),
+        eligible_ids(&dir.path().join("audience.csv")).len()
+    );
+    assert_eq!(status["dead_lettered"], 0, "{status}");
+}
+
+#[test]
+fn a_poisoned_batch_ends_in_the_dead_letter_queue_with_its_reason() {
+    let Some(mut d) = Deployment::new() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let campaign = hostile_campaign(dir.path(), "poisoned", "trap", "max_attempts = 3");
+    d.launch(&campaign);
+    d.start_worker("segment", "segment");
+    let status = d.wait_until("poisoned", Duration::from_secs(120), complete);
+    d.stop_workers();
+    assert_eq!(status["dead_lettered"], 3, "{status}");
+    assert_eq!(status["stages"]["segment"]["dead_letter_batches"], 1);
+
+    let out = d
+        .squall(&["dlq", "list", "--json", "--stage", "segment"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let reason = rows[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("segmenter trapped"), "{reason}");
+    assert!(reason.contains("after 3 attempt(s)"), "{reason}");
+    assert_eq!(rows[0]["receive_count"], 3);
+    assert_eq!(rows[0]["campaign"], "poisoned");
+    assert_eq!(rows[0]["recipients"], 3);
+
+    // Listing is not consuming: a replay puts it back on the queue.
+    let out = d
+        .squall(&["dlq", "replay", "--stage", "segment"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("1 batch"));
+    let per_stage: BTreeMap<String, serde_json::Value> =
+        serde_json::from_value(d.status("poisoned")["stages"].clone()).unwrap();
+    assert_eq!(per_stage["segment"]["dead_letter_batches"], 0);
+    assert_eq!(per_stage["segment"]["queued_batches"], 1);
+}
