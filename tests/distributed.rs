@@ -17,7 +17,8 @@ use support::*;
 struct Deployment {
     dir: tempfile::TempDir,
     config: PathBuf,
-    moto: Child,
+    /// The SQS server, when the deployment uses SQS.
+    moto: Option<Child>,
     workers: Vec<(String, Child)>,
 }
 
@@ -27,8 +28,10 @@ impl Drop for Deployment {
             let _ = w.kill();
             let _ = w.wait();
         }
-        let _ = self.moto.kill();
-        let _ = self.moto.wait();
+        if let Some(moto) = &mut self.moto {
+            let _ = moto.kill();
+            let _ = moto.wait();
+        }
     }
 }
 
@@ -117,12 +120,30 @@ batch_size = {batch_size}
         let d = Deployment {
             dir,
             config,
-            moto,
+            moto: Some(moto),
             workers: Vec::new(),
         };
         let out = d.squall(&["queues", "create"]).output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
         Some(d)
+    }
+
+    /// One machine, several worker processes: the embedded queue and the
+    /// SQLite store, the defaults of a `squall.toml` that says nothing.
+    fn embedded() -> Deployment {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("squall.toml");
+        std::fs::write(&config, "data_dir = \"data\"\n[queue]\nwait_s = 1\n").unwrap();
+        Deployment {
+            dir,
+            config,
+            moto: None,
+            workers: Vec::new(),
+        }
+    }
+
+    fn moto_pid(&self) -> u32 {
+        self.moto.as_ref().expect("an SQS deployment").id()
     }
 
     fn squall(&self, args: &[&str]) -> Command {
@@ -296,9 +317,18 @@ fn content(l: &serde_json::Value) -> (String, String, String, String, String) {
 
 #[test]
 fn sqs_and_postgres_give_the_embedded_result_message_for_message() {
-    let Some(mut d) = Deployment::new() else {
+    let Some(d) = Deployment::new() else {
         return;
     };
+    same_result_as_squall_run(d);
+}
+
+#[test]
+fn workers_on_the_embedded_queue_and_sqlite_give_the_same_result() {
+    same_result_as_squall_run(Deployment::embedded());
+}
+
+fn same_result_as_squall_run(mut d: Deployment) {
     let launched = d.launch(&example("spring-sale").join("campaign.toml"));
     assert_eq!(launched["audience"], 10_005);
     // Launching again queues nothing twice.
@@ -424,11 +454,11 @@ fn workers_ride_out_an_sqs_outage() {
         s["stages"]["segment"]["processed"].as_u64().unwrap() > 0
     });
     // The SQS server freezes (connections hang, nothing answers) ...
-    unsafe_kill(d.moto.id(), "STOP");
+    unsafe_kill(d.moto_pid(), "STOP");
     assert_eq!(before["complete"], false, "the outage came too late");
     std::thread::sleep(Duration::from_secs(6));
     // ... and comes back; the workers carry on by themselves.
-    unsafe_kill(d.moto.id(), "CONT");
+    unsafe_kill(d.moto_pid(), "CONT");
     let status = d.wait_until("spring-sale", Duration::from_secs(300), complete);
     d.stop_workers();
 

@@ -525,7 +525,10 @@ fn print_status(s: &squall::pipeline::status::Status) {
         "  sent {} · failed {} · in doubt {} · dead-lettered {}",
         s.sent, s.failed, s.in_doubt, s.dead_lettered
     );
-    for (name, st) in &s.stages {
+    for stage in Stage::ALL {
+        let (name, Some(st)) = (stage.name(), s.stages.get(stage.name())) else {
+            continue;
+        };
         println!(
             "  {name:<12} processed {:>8} · dead-lettered {:>5} · queue (all campaigns): {} waiting, {} in flight, {} dead",
             st.processed,
