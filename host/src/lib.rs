@@ -15,3 +15,21 @@ pub mod queue;
 pub mod runtime;
 mod sqlite;
 pub mod store;
+
+/// The address of a real service a test needs, from `var`; `None` (the
+/// test says it is skipped) on a developer's machine without it. CI sets
+/// every such variable (see `.ci/run`), so there a missing one fails.
+#[cfg(test)]
+pub(crate) fn test_service(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI must set {var} (see .ci/run)"
+            );
+            eprintln!("skipped: {var} is not set");
+            None
+        }
+    }
+}

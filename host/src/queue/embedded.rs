@@ -328,10 +328,7 @@ impl Queue for EmbeddedQueue {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::queue::contract;
 
     fn queue() -> (tempfile::TempDir, EmbeddedQueue) {
         let dir = tempfile::tempdir().unwrap();
@@ -339,28 +336,12 @@ mod tests {
         (dir, q)
     }
 
-    #[tokio::test]
-    async fn contract_delivers_acks_and_redelivers() {
-        let (_d, q) = queue();
-        contract::delivers_acks_and_redelivers(&q).await;
+    async fn setup() -> Option<(tempfile::TempDir, EmbeddedQueue)> {
+        Some(queue())
     }
 
-    #[tokio::test]
-    async fn contract_retries_and_dead_letters() {
-        let (_d, q) = queue();
-        contract::retries_and_dead_letters(&q).await;
-    }
-
-    #[tokio::test]
-    async fn contract_long_polls() {
-        let (_d, q) = queue();
-        contract::long_polls_until_a_message_arrives(Arc::new(q)).await;
-    }
-
-    #[tokio::test]
-    async fn contract_extends_visibility() {
-        let (_d, q) = queue();
-        contract::extends_visibility(&q).await;
+    mod contract {
+        crate::queue::contract_tests!(super::setup);
     }
 
     #[tokio::test]

@@ -111,7 +111,32 @@ pub trait Queue: Send + Sync {
     async fn replay_dead_letters(&self, queue: &str) -> Result<u64, QueueError>;
 }
 
-/// The contract every backend must keep; each backend's tests run it.
+/// One test per contract case for a backend: `$setup` is an async fn giving
+/// `Option<(guard, queue)>` with the queues of `contract::QUEUES` usable;
+/// `None` skips (a service the environment does not provide).
+#[cfg(test)]
+macro_rules! contract_tests {
+    ($setup:path) => {
+        $crate::queue::contract_tests!(@each $setup;
+            delivers_acks_and_redelivers,
+            retries_and_dead_letters,
+            long_polls_until_a_message_arrives,
+            extends_visibility);
+    };
+    (@each $setup:path; $($case:ident),*) => {$(
+        #[tokio::test]
+        async fn $case() {
+            if let Some((_guard, queue)) = $setup().await {
+                $crate::queue::contract::$case(&queue).await;
+            }
+        }
+    )*};
+}
+#[cfg(test)]
+pub(crate) use contract_tests;
+
+/// The contract every backend must keep; each backend's tests run it
+/// through `contract_tests!`.
 #[cfg(test)]
 pub(crate) mod contract {
     use super::*;
@@ -119,6 +144,14 @@ pub(crate) mod contract {
     // Whole seconds: SQS counts visibility in seconds.
     const VIS: Duration = Duration::from_secs(1);
     const NOWAIT: Duration = Duration::from_millis(0);
+
+    /// The queues the cases use (backends that need queues made first).
+    pub(crate) const QUEUES: [&str; 4] = [
+        "contract-basic",
+        "contract-retry",
+        "contract-poll",
+        "contract-extend",
+    ];
 
     pub(crate) async fn delivers_acks_and_redelivers(q: &dyn Queue) {
         let name = "contract-basic";
@@ -202,19 +235,14 @@ pub(crate) mod contract {
         q.ack(name, &[d.receipt]).await.unwrap();
     }
 
-    pub(crate) async fn long_polls_until_a_message_arrives(q: std::sync::Arc<dyn Queue>) {
+    pub(crate) async fn long_polls_until_a_message_arrives(q: &dyn Queue) {
         let name = "contract-poll";
-        let producer = q.clone();
-        let sender = tokio::spawn(async move {
+        let late = async {
             tokio::time::sleep(Duration::from_millis(150)).await;
-            producer.send(name, vec![b"late".to_vec()]).await.unwrap();
-        });
-        let got = q
-            .receive(name, 1, VIS, Duration::from_secs(5))
-            .await
-            .unwrap();
-        assert_eq!(got.len(), 1);
-        sender.await.unwrap();
+            q.send(name, vec![b"late".to_vec()]).await.unwrap();
+        };
+        let (got, ()) = tokio::join!(q.receive(name, 1, VIS, Duration::from_secs(5)), late);
+        assert_eq!(got.unwrap().len(), 1);
     }
 
     pub(crate) async fn extends_visibility(q: &dyn Queue) {

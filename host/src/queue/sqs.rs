@@ -696,21 +696,11 @@ impl SqsQueue {
 mod tests {
     //! The queue contract against a real SQS endpoint (moto in CI):
     //! `SQUALL_TEST_SQS_ENDPOINT=http://127.0.0.1:5000`.
-    use std::sync::Arc;
-
     use super::*;
-    use crate::queue::contract;
 
     async fn queue(names: &[&str]) -> Option<SqsQueue> {
-        let Ok(endpoint) = std::env::var("SQUALL_TEST_SQS_ENDPOINT") else {
-            assert!(
-                std::env::var("CI").is_err(),
-                "CI must set SQUALL_TEST_SQS_ENDPOINT (see .ci/run)"
-            );
-            eprintln!("skipped: SQUALL_TEST_SQS_ENDPOINT is not set");
-            return None;
-        };
-        // SAFETY (of the test): credentials are dummies moto accepts.
+        let endpoint = crate::test_service("SQUALL_TEST_SQS_ENDPOINT")?;
+        // A prefix per test: tests share one moto and must not meet.
         let config = QueueConfig {
             backend: crate::config::QueueBackend::Sqs,
             prefix: format!("t{:08x}-", rand::random::<u32>()),
@@ -727,32 +717,12 @@ mod tests {
         Some(q)
     }
 
-    #[tokio::test]
-    async fn contract_delivers_acks_and_redelivers() {
-        if let Some(q) = queue(&["contract-basic"]).await {
-            contract::delivers_acks_and_redelivers(&q).await;
-        }
+    async fn setup() -> Option<((), SqsQueue)> {
+        Some(((), queue(&crate::queue::contract::QUEUES).await?))
     }
 
-    #[tokio::test]
-    async fn contract_retries_and_dead_letters() {
-        if let Some(q) = queue(&["contract-retry"]).await {
-            contract::retries_and_dead_letters(&q).await;
-        }
-    }
-
-    #[tokio::test]
-    async fn contract_long_polls() {
-        if let Some(q) = queue(&["contract-poll"]).await {
-            contract::long_polls_until_a_message_arrives(Arc::new(q)).await;
-        }
-    }
-
-    #[tokio::test]
-    async fn contract_extends_visibility() {
-        if let Some(q) = queue(&["contract-extend"]).await {
-            contract::extends_visibility(&q).await;
-        }
+    mod contract {
+        crate::queue::contract_tests!(super::setup);
     }
 
     #[tokio::test]

@@ -219,7 +219,35 @@ pub trait Store: Send + Sync {
     async fn ledger_totals(&self, campaign: &str) -> Result<LedgerTotals, StoreError>;
 }
 
-/// The contract every store backend must keep; each backend's tests run it.
+/// One test per contract case for a backend: `$setup` is an async fn giving
+/// `Option<(guard, store)>`; `None` skips (a service the environment does
+/// not provide), and the guard (a temporary folder) lives through the test.
+#[cfg(test)]
+macro_rules! contract_tests {
+    ($setup:path) => {
+        $crate::store::contract_tests!(@each $setup;
+            a_message_is_claimed_once_and_never_again_after_settling,
+            claims_of_a_dead_owner_are_found_and_resolved,
+            live_owners_keep_their_claims,
+            bundles_are_kept_by_hash,
+            duplicate_ids_are_told_apart_from_rereads,
+            batch_stats_count_once_per_batch,
+            a_message_twice_in_one_batch_is_claimed_once);
+    };
+    (@each $setup:path; $($case:ident),*) => {$(
+        #[tokio::test]
+        async fn $case() {
+            if let Some((_guard, store)) = $setup().await {
+                $crate::store::contract::$case(&store).await;
+            }
+        }
+    )*};
+}
+#[cfg(test)]
+pub(crate) use contract_tests;
+
+/// The contract every store backend must keep; each backend's tests run it
+/// through `contract_tests!`.
 #[cfg(test)]
 pub(crate) mod contract {
     use super::*;

@@ -572,18 +572,11 @@ impl Store for PostgresStore {
 }
 
 /// A fresh, empty database on the server at `SQUALL_TEST_POSTGRES` (a
-/// server URL without a database, e.g. `postgres://postgres@127.0.0.1:5432`),
-/// dropped by nobody: names are unique and test databases are small.
+/// server URL without a database, e.g. `postgres://postgres@127.0.0.1:5432`).
+/// Names are unique; test databases are small and left for inspection.
 #[cfg(test)]
 pub(crate) async fn test_database() -> Option<String> {
-    let Ok(server) = std::env::var("SQUALL_TEST_POSTGRES") else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must set SQUALL_TEST_POSTGRES (see .ci/run)"
-        );
-        eprintln!("skipped: SQUALL_TEST_POSTGRES is not set");
-        return None;
-    };
+    let server = crate::test_service("SQUALL_TEST_POSTGRES")?;
     let server = server.trim_end_matches('/').to_string();
     let (client, conn) = tokio_postgres::connect(&format!("{server}/postgres"), NoTls)
         .await
@@ -600,33 +593,15 @@ pub(crate) async fn test_database() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::contract;
 
-    async fn store() -> Option<PostgresStore> {
+    async fn setup() -> Option<((), PostgresStore)> {
         let url = test_database().await?;
-        Some(PostgresStore::connect(&url, 4).await.unwrap())
+        Some(((), PostgresStore::connect(&url, 4).await.unwrap()))
     }
 
-    macro_rules! contract_tests {
-        ($($name:ident),* $(,)?) => {$(
-            #[tokio::test]
-            async fn $name() {
-                if let Some(s) = store().await {
-                    contract::$name(&s).await;
-                }
-            }
-        )*};
+    mod contract {
+        crate::store::contract_tests!(super::setup);
     }
-
-    contract_tests!(
-        a_message_is_claimed_once_and_never_again_after_settling,
-        claims_of_a_dead_owner_are_found_and_resolved,
-        duplicate_ids_are_told_apart_from_rereads,
-        batch_stats_count_once_per_batch,
-        a_message_twice_in_one_batch_is_claimed_once,
-        live_owners_keep_their_claims,
-        bundles_are_kept_by_hash,
-    );
 
     #[tokio::test]
     async fn concurrent_claims_from_many_workers_never_overlap() {

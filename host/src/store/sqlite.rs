@@ -575,54 +575,15 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::contract;
 
-    fn store() -> (tempfile::TempDir, SqliteStore) {
+    async fn setup() -> Option<(tempfile::TempDir, SqliteStore)> {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path()).unwrap();
-        (dir, s)
+        Some((dir, s))
     }
 
-    #[tokio::test]
-    async fn contract_a_message_twice_in_one_batch_is_claimed_once() {
-        let (_d, s) = store();
-        contract::a_message_twice_in_one_batch_is_claimed_once(&s).await;
-    }
-
-    #[tokio::test]
-    async fn contract_a_message_is_claimed_once_and_never_again_after_settling() {
-        let (_d, s) = store();
-        contract::a_message_is_claimed_once_and_never_again_after_settling(&s).await;
-    }
-
-    #[tokio::test]
-    async fn contract_claims_of_a_dead_owner_are_found_and_resolved() {
-        let (_d, s) = store();
-        contract::claims_of_a_dead_owner_are_found_and_resolved(&s).await;
-    }
-
-    #[tokio::test]
-    async fn contract_live_owners_keep_their_claims() {
-        let (_d, s) = store();
-        contract::live_owners_keep_their_claims(&s).await;
-    }
-
-    #[tokio::test]
-    async fn contract_bundles_are_kept_by_hash() {
-        let (_d, s) = store();
-        contract::bundles_are_kept_by_hash(&s).await;
-    }
-
-    #[tokio::test]
-    async fn contract_duplicate_ids_are_told_apart_from_rereads() {
-        let (_d, s) = store();
-        contract::duplicate_ids_are_told_apart_from_rereads(&s).await;
-    }
-
-    #[tokio::test]
-    async fn contract_batch_stats_count_once_per_batch() {
-        let (_d, s) = store();
-        contract::batch_stats_count_once_per_batch(&s).await;
+    mod contract {
+        crate::store::contract_tests!(super::setup);
     }
 
     #[tokio::test]
