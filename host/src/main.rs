@@ -519,11 +519,11 @@ fn print_status(s: &squall::pipeline::status::Status) {
     );
     println!(
         "  audience {} · rejected {} · unsegmented {} · in progress {}",
-        s.audience, s.rejected, s.unsegmented, s.in_progress
+        s.totals.audience, s.totals.rejected, s.totals.unsegmented, s.in_progress
     );
     println!(
         "  sent {} · failed {} · in doubt {} · dead-lettered {}",
-        s.sent, s.failed, s.in_doubt, s.dead_lettered
+        s.totals.sent, s.totals.failed, s.totals.in_doubt, s.totals.dead_lettered
     );
     for stage in Stage::ALL {
         let (name, Some(st)) = (stage.name(), s.stages.get(stage.name())) else {
@@ -538,7 +538,7 @@ fn print_status(s: &squall::pipeline::status::Status) {
             st.dead_letter_batches
         );
     }
-    for d in &s.dead_letters {
+    for d in &s.totals.dead_letters {
         println!(
             "  dead letter: {} {} ({} recipient(s)): {}",
             d.stage, d.item, d.recipients, d.reason
@@ -611,29 +611,29 @@ fn print_report(r: &squall::pipeline::RunReport) {
             "stopped; run again to resume"
         }
     );
-    row("audience rows", r.audience);
-    row("rejected", r.rejected);
-    row("unsegmented", r.unsegmented);
-    for (s, n) in &r.per_segment {
+    row("audience rows", r.totals.audience);
+    row("rejected", r.totals.rejected);
+    row("unsegmented", r.totals.unsegmented);
+    for (s, n) in &r.totals.per_segment {
         row(&format!("segment {s}"), *n);
     }
-    for (v, n) in &r.per_variant {
+    for (v, n) in &r.totals.per_variant {
         row(&format!("  variant {v}"), *n);
     }
-    row("sent", r.sent);
-    row("failed", r.failed);
-    row("dead-lettered", r.dead_lettered);
-    for d in r.dead_letters.iter().take(10) {
+    row("sent", r.totals.sent);
+    row("failed", r.totals.failed);
+    row("dead-lettered", r.totals.dead_lettered);
+    for d in r.totals.dead_letters.iter().take(10) {
         println!(
             "    {} {} ({} recipient(s)): {}",
             d.stage, d.item, d.recipients, d.reason
         );
     }
-    if r.dead_letters.len() > 10 {
-        println!("    … and {} more", r.dead_letters.len() - 10);
+    if r.totals.dead_letters.len() > 10 {
+        println!("    … and {} more", r.totals.dead_letters.len() - 10);
     }
-    if r.in_doubt > 0 {
-        row("in doubt (never resent)", r.in_doubt);
+    if r.totals.in_doubt > 0 {
+        row("in doubt (never resent)", r.totals.in_doubt);
     }
     row("skipped, already sent", r.skipped_already_sent);
     println!("  rejects: {}", r.rejects_file.display());

@@ -103,23 +103,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     let per = |busy_ms: Option<&u64>, n: u64| {
         n as f64 / (busy_ms.copied().unwrap_or(1).max(1) as f64 / 1000.0)
     };
-    let segmented: u64 = report.per_segment.values().sum();
+    let segmented: u64 = report.totals.per_segment.values().sum();
     let wasm = Rates {
         segment: per(
             report.stage_busy_ms.get("segment"),
-            args.recipients - report.rejected,
+            args.recipients - report.totals.rejected,
         ),
         personalise: per(report.stage_busy_ms.get("personalise"), segmented),
-        send: per(report.stage_busy_ms.get("send"), report.sent),
-        end_to_end: report.sent as f64 / wasm_seconds,
+        send: per(report.stage_busy_ms.get("send"), report.totals.sent),
+        end_to_end: report.totals.sent as f64 / wasm_seconds,
     };
 
     let (native, native_seconds, native_sent) =
         tokio::task::spawn_blocking(move || native_baseline(&campaign)).await??;
     anyhow::ensure!(
-        native_sent == report.sent,
+        native_sent == report.totals.sent,
         "native baseline sent {native_sent}, the pipeline {}",
-        report.sent
+        report.totals.sent
     );
     let ledger_us_per_message = ledger_probe(&dir.join("ledger-probe")).await?;
     let ratio = Rates {
@@ -130,7 +130,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     };
     let out = BenchReport {
         recipients: args.recipients,
-        sent: report.sent,
+        sent: report.totals.sent,
         wasm,
         native,
         ratio,

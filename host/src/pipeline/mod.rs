@@ -14,6 +14,7 @@ pub mod launch;
 pub mod prepare;
 pub mod preview;
 pub mod recovery;
+pub mod report;
 pub mod run;
 pub mod service;
 pub mod stages;

@@ -13,6 +13,7 @@ use super::counters::RunCounters;
 use super::intake::Intake;
 use super::prepare::{self, PrepareError};
 use super::recovery::settle_in_doubt;
+use super::report::{Totals, totals, write_rejects};
 use super::stages::{PersonaliseProcessor, SegmentProcessor, SendProcessor, Shared};
 use super::worker::{self, WorkerContext};
 use crate::campaign::{Campaign, TransportSpec};
@@ -53,19 +54,8 @@ impl RunOptions {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RunReport {
     pub campaign: String,
-    /// Audience rows read (valid or not).
-    pub audience: u64,
-    pub rejected: u64,
-    pub unsegmented: u64,
-    pub per_segment: BTreeMap<String, u64>,
-    pub per_variant: BTreeMap<String, u64>,
-    pub sent: u64,
-    pub failed: u64,
-    /// Maybe sent by a run that crashed mid-request; never sent again.
-    pub in_doubt: u64,
-    pub dead_lettered: u64,
-    /// Why, per dead letter (payloads stay in the store).
-    pub dead_letters: Vec<DeadLetterSummary>,
+    #[serde(flatten)]
+    pub totals: Totals,
     /// Messages this run found already sent (after a crash or a re-run).
     pub skipped_already_sent: u64,
     pub complete: bool,
@@ -73,14 +63,6 @@ pub struct RunReport {
     pub outbox: Option<PathBuf>,
     pub rejects_file: PathBuf,
     pub stage_busy_ms: BTreeMap<String, u64>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct DeadLetterSummary {
-    pub stage: String,
-    pub item: String,
-    pub recipients: u64,
-    pub reason: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -292,9 +274,15 @@ async fn execute(
         return Err(e);
     }
 
-    let mut report = report(&*store, &id).await?;
-    report.complete =
-        !opts.stop.load(Ordering::Relaxed) && report_complete(&*store, &queue, &id).await?;
+    let state = store.open_campaign(&id, "").await?;
+    let mut report = RunReport {
+        campaign: id.clone(),
+        totals: totals(&*store, &id, &state).await?,
+        ..Default::default()
+    };
+    report.complete = !opts.stop.load(Ordering::Relaxed)
+        && state.intake_finished
+        && queues_empty(&queue, &id).await?;
     report.skipped_already_sent = RunCounters::get(&counters.skipped_already_sent);
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     report.outbox = (campaign.transport == TransportSpec::Outbox).then_some(outbox_path);
@@ -311,67 +299,11 @@ async fn execute(
     Ok(report)
 }
 
-pub async fn report(store: &dyn Store, campaign: &str) -> anyhow::Result<RunReport> {
-    let state = store.open_campaign(campaign, "").await?;
-    let segment = store.stage_totals(campaign, "segment").await?;
-    let ledger = store.ledger_totals(campaign).await?;
-    let dead_letters: Vec<DeadLetterSummary> = store
-        .dead_letters(campaign)
-        .await?
-        .into_iter()
-        .map(|d| DeadLetterSummary {
-            stage: d.stage,
-            item: d.item,
-            recipients: d.recipients,
-            reason: d.reason,
-        })
-        .collect();
-    Ok(RunReport {
-        campaign: campaign.to_string(),
-        audience: state.rows_read,
-        rejected: store.rejects(campaign).await?.len() as u64,
-        unsegmented: segment.unsegmented,
-        per_segment: segment.per_segment,
-        per_variant: segment.per_variant,
-        sent: ledger.delivered,
-        failed: ledger.failed,
-        in_doubt: ledger.in_doubt,
-        dead_lettered: dead_letters.iter().map(|d| d.recipients).sum(),
-        dead_letters,
-        ..Default::default()
-    })
-}
-
-async fn report_complete(
-    store: &dyn Store,
-    queue: &EmbeddedQueue,
-    campaign: &str,
-) -> anyhow::Result<bool> {
-    let state = store.open_campaign(campaign, "").await?;
-    let mut empty = true;
+async fn queues_empty(queue: &EmbeddedQueue, campaign: &str) -> anyhow::Result<bool> {
     for stage in ["segment", "personalise", "send"] {
-        empty &= queue.depth(&format!("{campaign}.{stage}")).await?.total() == 0;
+        if queue.depth(&format!("{campaign}.{stage}")).await?.total() > 0 {
+            return Ok(false);
+        }
     }
-    Ok(state.intake_finished && empty)
-}
-
-/// `<data-dir>/rejects/<campaign>.jsonl`: every rejected row with its line
-/// and reason, rewritten whole from the store after each run.
-pub(crate) async fn write_rejects(
-    store: &dyn Store,
-    data_dir: &std::path::Path,
-    campaign: &str,
-) -> anyhow::Result<PathBuf> {
-    let dir = data_dir.join("rejects");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("{campaign}.jsonl"));
-    let mut out = Vec::new();
-    for r in store.rejects(campaign).await? {
-        serde_json::to_writer(&mut out, &r)?;
-        out.push(b'\n');
-    }
-    let tmp = path.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, out)?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(path)
+    Ok(true)
 }

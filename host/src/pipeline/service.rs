@@ -233,7 +233,18 @@ impl Router {
             return Ok(());
         }
         let (queue, store, counters) = self.shared_parts.clone();
-        let stored = store.bundle(campaign).await.map_err(|e| infra(e, 0))?;
+        let hash = store.bundle_hash(campaign).await.map_err(|e| infra(e, 0))?;
+        if let (Some(c), Some(hash)) = (self.campaigns.get_mut(campaign), &hash)
+            && c.hash == *hash
+        {
+            c.checked = std::time::Instant::now();
+            return Ok(());
+        }
+        // New or changed: only now fetch the whole bundle (plugins included).
+        let stored = match hash {
+            Some(_) => store.bundle(campaign).await.map_err(|e| infra(e, 0))?,
+            None => None,
+        };
         let Some((hash, bytes)) = stored else {
             return Err(BatchFailure::Poison {
                 reason: format!(
@@ -242,12 +253,6 @@ impl Router {
                 recipients: 0,
             });
         };
-        if let Some(c) = self.campaigns.get_mut(campaign)
-            && c.hash == hash
-        {
-            c.checked = std::time::Instant::now();
-            return Ok(());
-        }
         let fail = |e: String| BatchFailure::Retry {
             reason: format!("cannot load campaign `{campaign}`: {e}"),
             recipients: 0,

@@ -6,27 +6,17 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::backends::Backends;
-use super::run::DeadLetterSummary;
+use super::report::{Totals, totals};
 use crate::config::Stage;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub campaign: String,
-    pub launched: bool,
     pub intake_finished: bool,
-    pub audience: u64,
-    pub rejected: u64,
-    pub unsegmented: u64,
-    pub per_segment: BTreeMap<String, u64>,
-    pub per_variant: BTreeMap<String, u64>,
+    #[serde(flatten)]
+    pub totals: Totals,
     pub stages: BTreeMap<String, StageStatus>,
-    pub sent: u64,
-    pub failed: u64,
-    pub in_doubt: u64,
-    pub dead_lettered: u64,
-    pub dead_letters: Vec<DeadLetterSummary>,
-    /// Valid recipients not yet at an end (sent, failed, in doubt,
-    /// unsegmented or dead-lettered): queued or being worked on.
+    /// See `Totals::in_progress`.
     pub in_progress: u64,
     pub complete: bool,
 }
@@ -46,27 +36,25 @@ pub struct StageStatus {
 
 pub async fn status(backends: &Backends, campaign: &str) -> anyhow::Result<Status> {
     let store = &*backends.store;
-    let launched = store.bundle(campaign).await?.is_some();
-    if !launched {
+    if store.bundle_hash(campaign).await?.is_none() {
         anyhow::bail!(
             "campaign `{campaign}` was never launched against this store; check the campaign id and --config"
         );
     }
-    let report = super::run::report(store, campaign).await?;
     let state = store.open_campaign(campaign, "").await?;
+    let totals = totals(store, campaign, &state).await?;
     let mut stages = BTreeMap::new();
     for stage in Stage::ALL {
         let depth = backends.queue.depth(stage.name()).await?;
-        let dead_letter_batches = backends.queue.dead_letter_depth(stage.name()).await?;
         let processed = match stage {
-            Stage::Send => report.sent + report.failed + report.in_doubt,
+            Stage::Send => totals.sent + totals.failed + totals.in_doubt,
             other => store.stage_totals(campaign, other.name()).await?.recipients,
         };
         stages.insert(
             stage.name().to_string(),
             StageStatus {
                 processed,
-                dead_lettered: report
+                dead_lettered: totals
                     .dead_letters
                     .iter()
                     .filter(|d| d.stage == stage.name())
@@ -74,30 +62,17 @@ pub async fn status(backends: &Backends, campaign: &str) -> anyhow::Result<Statu
                     .sum(),
                 queued_batches: depth.visible,
                 in_flight_batches: depth.in_flight,
-                dead_letter_batches,
+                dead_letter_batches: backends.queue.dead_letter_depth(stage.name()).await?,
             },
         );
     }
-    let valid = report.audience.saturating_sub(report.rejected);
-    let ended =
-        report.sent + report.failed + report.in_doubt + report.unsegmented + report.dead_lettered;
-    let in_progress = valid.saturating_sub(ended);
+    let in_progress = totals.in_progress();
     Ok(Status {
         campaign: campaign.to_string(),
-        launched,
         intake_finished: state.intake_finished,
-        audience: report.audience,
-        rejected: report.rejected,
-        unsegmented: report.unsegmented,
-        per_segment: report.per_segment,
-        per_variant: report.per_variant,
         stages,
-        sent: report.sent,
-        failed: report.failed,
-        in_doubt: report.in_doubt,
-        dead_lettered: report.dead_lettered,
-        dead_letters: report.dead_letters,
         in_progress,
-        complete: launched && state.intake_finished && in_progress == 0,
+        complete: state.intake_finished && in_progress == 0,
+        totals,
     })
 }

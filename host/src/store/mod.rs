@@ -150,6 +150,8 @@ pub trait Store: Send + Sync {
 
     async fn rejects(&self, campaign: &str) -> Result<Vec<Reject>, StoreError>;
 
+    async fn reject_count(&self, campaign: &str) -> Result<u64, StoreError>;
+
     /// Idempotent per (campaign, stage, batch).
     async fn record_batch(
         &self,
@@ -208,6 +210,10 @@ pub trait Store: Send + Sync {
 
     /// The latest saved bundle and its hash.
     async fn bundle(&self, campaign: &str) -> Result<Option<(String, Vec<u8>)>, StoreError>;
+
+    /// The latest saved bundle's hash alone: cheap enough to ask often
+    /// (has the campaign changed? was it launched at all?).
+    async fn bundle_hash(&self, campaign: &str) -> Result<Option<String>, StoreError>;
 
     /// Resolves claims of dead owners (see `unsettled`).
     async fn resolve(
@@ -352,6 +358,7 @@ pub(crate) mod contract {
 
     pub(crate) async fn bundles_are_kept_by_hash(s: &dyn Store) {
         assert_eq!(s.bundle("c").await.unwrap(), None);
+        assert_eq!(s.bundle_hash("c").await.unwrap(), None);
         s.save_bundle("c", "h1", b"one").await.unwrap();
         s.save_bundle("c", "h1", b"one").await.unwrap();
         assert_eq!(
@@ -360,6 +367,7 @@ pub(crate) mod contract {
         );
         s.save_bundle("c", "h2", b"two").await.unwrap();
         assert_eq!(s.bundle("c").await.unwrap().unwrap().0, "h2");
+        assert_eq!(s.bundle_hash("c").await.unwrap().as_deref(), Some("h2"));
     }
 
     pub(crate) async fn duplicate_ids_are_told_apart_from_rereads(s: &dyn Store) {

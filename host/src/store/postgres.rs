@@ -291,6 +291,19 @@ impl Store for PostgresStore {
             .collect())
     }
 
+    async fn reject_count(&self, campaign: &str) -> Result<u64, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "SELECT COUNT(*) FROM rejects WHERE campaign = $1",
+                &[&campaign],
+            )
+            .await
+            .map_err(err)?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
     async fn record_batch(
         &self,
         campaign: &str,
@@ -532,6 +545,19 @@ impl Store for PostgresStore {
             .await
             .map_err(err)?;
         Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    async fn bundle_hash(&self, campaign: &str) -> Result<Option<String>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT hash FROM bundles WHERE campaign = $1 ORDER BY seq DESC LIMIT 1",
+                &[&campaign],
+            )
+            .await
+            .map_err(err)?;
+        Ok(row.map(|r| r.get(0)))
     }
 
     async fn resolve(

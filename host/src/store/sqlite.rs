@@ -284,6 +284,21 @@ impl Store for SqliteStore {
             .map_err(err)
     }
 
+    async fn reject_count(&self, campaign: &str) -> Result<u64, StoreError> {
+        let c = campaign.to_string();
+        self.db
+            .call(move |conn| {
+                conn.query_row(
+                    "SELECT COUNT(*) FROM rejects WHERE campaign = ?1",
+                    params![c],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .await
+            .map(|n| n as u64)
+            .map_err(err)
+    }
+
     async fn record_batch(
         &self,
         campaign: &str,
@@ -522,6 +537,21 @@ impl Store for SqliteStore {
                     "SELECT hash, bundle FROM bundles WHERE campaign = ?1 ORDER BY saved_at DESC, rowid DESC LIMIT 1",
                     params![c],
                     |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn bundle_hash(&self, campaign: &str) -> Result<Option<String>, StoreError> {
+        let c = campaign.to_string();
+        self.db
+            .call(move |conn| {
+                conn.query_row(
+                    "SELECT hash FROM bundles WHERE campaign = ?1 ORDER BY saved_at DESC, rowid DESC LIMIT 1",
+                    params![c],
+                    |r| r.get(0),
                 )
                 .optional()
             })

@@ -1,0 +1,100 @@
+//! What a campaign has done, from the store: the durable totals that
+//! `squall run` ends with and `squall status` shows, whichever process or
+//! machine did the work, and the rejects file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::store::{CampaignState, Store};
+
+/// A campaign's totals across runs and workers.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
+    /// Audience rows read (valid or not).
+    pub audience: u64,
+    pub rejected: u64,
+    pub unsegmented: u64,
+    pub per_segment: BTreeMap<String, u64>,
+    pub per_variant: BTreeMap<String, u64>,
+    pub sent: u64,
+    pub failed: u64,
+    /// Maybe sent by a worker that died mid-request; never sent again.
+    pub in_doubt: u64,
+    pub dead_lettered: u64,
+    /// Why, per dead letter (payloads stay in the store).
+    pub dead_letters: Vec<DeadLetterSummary>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetterSummary {
+    pub stage: String,
+    pub item: String,
+    pub recipients: u64,
+    pub reason: String,
+}
+
+impl Totals {
+    /// Valid recipients not yet at an end (sent, failed, in doubt,
+    /// unsegmented or dead-lettered): queued or being worked on.
+    pub fn in_progress(&self) -> u64 {
+        let valid = self.audience.saturating_sub(self.rejected);
+        let ended = self.sent + self.failed + self.in_doubt + self.unsegmented + self.dead_lettered;
+        valid.saturating_sub(ended)
+    }
+}
+
+/// `state` is the campaign's, as just read from the store.
+pub async fn totals(
+    store: &dyn Store,
+    campaign: &str,
+    state: &CampaignState,
+) -> anyhow::Result<Totals> {
+    let segment = store.stage_totals(campaign, "segment").await?;
+    let ledger = store.ledger_totals(campaign).await?;
+    let dead_letters: Vec<DeadLetterSummary> = store
+        .dead_letters(campaign)
+        .await?
+        .into_iter()
+        .map(|d| DeadLetterSummary {
+            stage: d.stage,
+            item: d.item,
+            recipients: d.recipients,
+            reason: d.reason,
+        })
+        .collect();
+    Ok(Totals {
+        audience: state.rows_read,
+        rejected: store.reject_count(campaign).await?,
+        unsegmented: segment.unsegmented,
+        per_segment: segment.per_segment,
+        per_variant: segment.per_variant,
+        sent: ledger.delivered,
+        failed: ledger.failed,
+        in_doubt: ledger.in_doubt,
+        dead_lettered: dead_letters.iter().map(|d| d.recipients).sum(),
+        dead_letters,
+    })
+}
+
+/// `<data-dir>/rejects/<campaign>.jsonl`: every rejected row with its line
+/// and reason, rewritten whole from the store.
+pub async fn write_rejects(
+    store: &dyn Store,
+    data_dir: &Path,
+    campaign: &str,
+) -> anyhow::Result<PathBuf> {
+    let dir = data_dir.join("rejects");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{campaign}.jsonl"));
+    let mut out = Vec::new();
+    for r in store.rejects(campaign).await? {
+        serde_json::to_writer(&mut out, &r)?;
+        out.push(b'\n');
+    }
+    let tmp = path.with_extension("jsonl.tmp");
+    std::fs::write(&tmp, out)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
