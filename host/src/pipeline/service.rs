@@ -24,8 +24,9 @@ use crate::delivery::Transport;
 use crate::delivery::null::NullTransport;
 use crate::delivery::outbox::OutboxTransport;
 use crate::delivery::smtp::SmtpTransport;
-use crate::queue::Delivery;
+use crate::queue::{Delivery, Queue};
 use crate::runtime::StageEngine;
+use crate::store::Store;
 
 /// A worker's lease in the store: a worker silent for this long is dead
 /// and its open delivery claims are settled by others.
@@ -86,7 +87,15 @@ pub async fn work(backends: &Backends, opts: WorkerOptions) -> anyhow::Result<Wo
         })
     };
 
-    let transports = Arc::new(Transports::new(config.data_dir.join("outbox"), id.clone()));
+    let campaigns = Arc::new(Campaigns {
+        stage: opts.stage,
+        owner: id.clone(),
+        data_dir: config.data_dir.clone(),
+        store: backends.store.clone(),
+        transports: Transports::new(config.data_dir.join("outbox"), id.clone()),
+        loaded: Default::default(),
+        engines: Default::default(),
+    });
     let mut tasks = tokio::task::JoinSet::new();
     let limits = config.stage.get(opts.stage);
     for _ in 0..opts.concurrency.max(1) {
@@ -104,17 +113,9 @@ pub async fn work(backends: &Backends, opts: WorkerOptions) -> anyhow::Result<Wo
             stop: opts.stop.clone(),
         };
         let router = Router {
-            stage: opts.stage,
-            owner: id.clone(),
-            data_dir: config.data_dir.clone(),
-            shared_parts: (
-                backends.queue.clone(),
-                backends.store.clone(),
-                counters.clone(),
-            ),
-            transports: transports.clone(),
-            campaigns: HashMap::new(),
-            engines: HashMap::new(),
+            shared_parts: (backends.queue.clone(), counters.clone()),
+            campaigns: campaigns.clone(),
+            mine: HashMap::new(),
         };
         tasks.spawn(async move { worker::run(&ctx, router).await });
     }
@@ -191,58 +192,47 @@ enum Loaded {
     Send(SendProcessor),
 }
 
-struct ForCampaign {
+/// A campaign as this process runs it: unpacked, its stages compiled and
+/// configured once; every task forks its own instances from `stages`.
+struct Prepared {
     hash: String,
-    checked: std::time::Instant,
-    max_attempts: u32,
-    processor: Loaded,
+    campaign: Campaign,
+    stages: std::sync::Mutex<prepare::Stages>,
+    /// The send stage's transport (settled of dead workers' claims).
+    transport: Option<Arc<dyn Transport>>,
 }
 
-/// Routes each batch to its campaign's processor, loading campaigns on
-/// first sight and again when their stored definition changes.
-pub struct Router {
+/// The campaigns one worker process has loaded, shared by its tasks, so
+/// that a campaign is unpacked, compiled and reconciled once per process.
+struct Campaigns {
     stage: Stage,
     owner: String,
     data_dir: PathBuf,
-    shared_parts: (
-        Arc<dyn crate::queue::Queue>,
-        Arc<dyn crate::store::Store>,
-        Arc<RunCounters>,
-    ),
-    transports: Arc<Transports>,
-    campaigns: HashMap<String, ForCampaign>,
+    store: Arc<dyn Store>,
+    transports: Transports,
+    loaded: tokio::sync::Mutex<HashMap<String, Arc<Prepared>>>,
     /// Engines by sandbox limits: creating one reserves the instance pool.
-    engines: HashMap<(u32, u64), Arc<StageEngine>>,
+    engines: std::sync::Mutex<HashMap<(u32, u64), Arc<StageEngine>>>,
 }
 
-#[derive(Deserialize)]
-struct Head {
-    campaign: String,
-}
-
-/// How often a worker looks for a newer definition of a loaded campaign.
-const RECHECK: Duration = Duration::from_secs(10);
-
-impl Router {
-    async fn load(&mut self, campaign: &str) -> Result<(), BatchFailure> {
-        if self
-            .campaigns
-            .get(campaign)
-            .is_some_and(|c| c.checked.elapsed() < RECHECK)
+impl Campaigns {
+    /// The campaign as currently stored, loading it if it is new here or
+    /// its definition changed. One task loads; the others wait for it.
+    async fn get(&self, campaign: &str) -> Result<Arc<Prepared>, BatchFailure> {
+        let mut loaded = self.loaded.lock().await;
+        let hash = self
+            .store
+            .bundle_hash(campaign)
+            .await
+            .map_err(|e| infra(e, 0))?;
+        if let (Some(p), Some(hash)) = (loaded.get(campaign), &hash)
+            && p.hash == *hash
         {
-            return Ok(());
-        }
-        let (queue, store, counters) = self.shared_parts.clone();
-        let hash = store.bundle_hash(campaign).await.map_err(|e| infra(e, 0))?;
-        if let (Some(c), Some(hash)) = (self.campaigns.get_mut(campaign), &hash)
-            && c.hash == *hash
-        {
-            c.checked = std::time::Instant::now();
-            return Ok(());
+            return Ok(p.clone());
         }
         // New or changed: only now fetch the whole bundle (plugins included).
         let stored = match hash {
-            Some(_) => store.bundle(campaign).await.map_err(|e| infra(e, 0))?,
+            Some(_) => self.store.bundle(campaign).await.map_err(|e| infra(e, 0))?,
             None => None,
         };
         let Some((hash, bytes)) = stored else {
@@ -261,54 +251,122 @@ impl Router {
         let dir = self.data_dir.join("campaigns").join(campaign).join(&hash);
         let c = bundle.unpack(&dir).map_err(|e| fail(e.to_string()))?;
         let limits = c.file.limits.sandbox();
-        let engine = match self.engines.get(&(limits.memory_mb, limits.timeout_ms)) {
-            Some(e) => e.clone(),
-            None => {
-                let e = Arc::new(StageEngine::new(&limits).map_err(|e| fail(e.to_string()))?);
-                self.engines
-                    .insert((limits.memory_mb, limits.timeout_ms), e.clone());
-                e
+        let engine = {
+            let mut engines = self.engines.lock().unwrap();
+            match engines.get(&(limits.memory_mb, limits.timeout_ms)) {
+                Some(e) => e.clone(),
+                None => {
+                    let e = Arc::new(StageEngine::new(&limits).map_err(|e| fail(e.to_string()))?);
+                    engines.insert((limits.memory_mb, limits.timeout_ms), e.clone());
+                    e
+                }
             }
         };
         let stages = prepare::stages(&c, &engine).map_err(|e| fail(e.to_string()))?;
-        let shared = Shared::new(&c, queue, store.clone(), counters);
-        let processor = match self.stage {
-            Stage::Segment => Loaded::Segment(SegmentProcessor {
-                shared,
-                stage: Some(stages.segmenter),
-                next_queue: Stage::Personalise.name().into(),
-            }),
-            Stage::Personalise => Loaded::Personalise(PersonaliseProcessor {
-                shared,
-                stage: Some(stages.personaliser),
-                next_queue: Stage::Send.name().into(),
-            }),
+        let transport = match self.stage {
             Stage::Send => {
-                let transport = self
+                let t = self
                     .transports
                     .get(&c)
                     .await
                     .map_err(|e| fail(format!("{e:#}")))?;
                 // Claims a dead worker left open are settled before this
                 // worker sends anything of the campaign.
-                settle_in_doubt(&*store, &*transport, campaign, &self.owner)
+                settle_in_doubt(&*self.store, &*t, campaign, &self.owner)
                     .await
                     .map_err(|e| infra(e, 0))?;
-                Loaded::Send(SendProcessor {
-                    shared,
-                    stage: Some(stages.sender),
-                    transport,
-                    owner: self.owner.clone(),
-                })
+                Some(t)
             }
+            _ => None,
         };
         tracing::info!(campaign, hash, stage = self.stage.name(), "campaign loaded");
-        self.campaigns.insert(
+        let p = Arc::new(Prepared {
+            hash,
+            campaign: c,
+            stages: std::sync::Mutex::new(stages),
+            transport,
+        });
+        loaded.insert(campaign.to_string(), p.clone());
+        Ok(p)
+    }
+}
+
+struct ForCampaign {
+    hash: String,
+    checked: std::time::Instant,
+    max_attempts: u32,
+    processor: Loaded,
+}
+
+/// One task's view: routes each batch to its campaign's processor (this
+/// task's own Wasm instances), looking for a newer definition every
+/// `RECHECK`.
+pub struct Router {
+    shared_parts: (Arc<dyn Queue>, Arc<RunCounters>),
+    campaigns: Arc<Campaigns>,
+    mine: HashMap<String, ForCampaign>,
+}
+
+#[derive(Deserialize)]
+struct Head {
+    campaign: String,
+}
+
+/// How often a worker looks for a newer definition of a loaded campaign.
+const RECHECK: Duration = Duration::from_secs(10);
+
+impl Router {
+    async fn load(&mut self, campaign: &str) -> Result<(), BatchFailure> {
+        if self
+            .mine
+            .get(campaign)
+            .is_some_and(|c| c.checked.elapsed() < RECHECK)
+        {
+            return Ok(());
+        }
+        let p = self.campaigns.get(campaign).await?;
+        if let Some(c) = self.mine.get_mut(campaign)
+            && c.hash == p.hash
+        {
+            c.checked = std::time::Instant::now();
+            return Ok(());
+        }
+        let fork_failed = |e: crate::runtime::StageDiagnostics| BatchFailure::Retry {
+            reason: format!("cannot instantiate the stage of `{campaign}`: {e}"),
+            recipients: 0,
+        };
+        let (queue, counters) = self.shared_parts.clone();
+        let store = self.campaigns.store.clone();
+        let shared = Shared::new(&p.campaign, queue, store, counters);
+        let stages = p.stages.lock().unwrap();
+        let processor = match self.campaigns.stage {
+            Stage::Segment => Loaded::Segment(SegmentProcessor {
+                shared,
+                stage: Some(stages.segmenter.fork().map_err(fork_failed)?),
+                next_queue: Stage::Personalise.name().into(),
+            }),
+            Stage::Personalise => Loaded::Personalise(PersonaliseProcessor {
+                shared,
+                stage: Some(stages.personaliser.fork().map_err(fork_failed)?),
+                next_queue: Stage::Send.name().into(),
+            }),
+            Stage::Send => Loaded::Send(SendProcessor {
+                shared,
+                stage: Some(stages.sender.fork().map_err(fork_failed)?),
+                transport: p
+                    .transport
+                    .clone()
+                    .expect("send campaigns have a transport"),
+                owner: self.campaigns.owner.clone(),
+            }),
+        };
+        drop(stages);
+        self.mine.insert(
             campaign.to_string(),
             ForCampaign {
-                hash,
+                hash: p.hash.clone(),
                 checked: std::time::Instant::now(),
-                max_attempts: c.file.limits.max_attempts,
+                max_attempts: p.campaign.file.limits.max_attempts,
                 processor,
             },
         );
@@ -318,12 +376,12 @@ impl Router {
 
 impl Processor for Router {
     fn stage(&self) -> &'static str {
-        self.stage.name()
+        self.campaigns.stage.name()
     }
 
     fn max_attempts(&self, delivery: &Delivery) -> Option<u32> {
         let head = serde_json::from_slice::<Head>(&delivery.body).ok()?;
-        self.campaigns.get(&head.campaign).map(|c| c.max_attempts)
+        self.mine.get(&head.campaign).map(|c| c.max_attempts)
     }
 
     async fn process(&mut self, delivery: &Delivery) -> Result<(), BatchFailure> {
@@ -333,10 +391,7 @@ impl Processor for Router {
                 recipients: 0,
             })?;
         self.load(&head.campaign).await?;
-        let entry = self
-            .campaigns
-            .get_mut(&head.campaign)
-            .expect("loaded above");
+        let entry = self.mine.get_mut(&head.campaign).expect("loaded above");
         match &mut entry.processor {
             Loaded::Segment(p) => p.process(delivery).await,
             Loaded::Personalise(p) => p.process(delivery).await,
