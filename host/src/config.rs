@@ -384,8 +384,11 @@ impl Config {
     }
 }
 
-/// Variables Squall reads elsewhere (build, tests, caches), not config.
-const INTERNAL_ENV: [&str; 6] = [
+/// Variables Squall reads elsewhere (CLI options, build, tests, caches),
+/// not config.
+const INTERNAL_ENV: [&str; 8] = [
+    "SQUALL_CONFIG",
+    "SQUALL_LOG_FORMAT",
     "SQUALL_CACHE_DIR",
     "SQUALL_WASM_TARGET_DIR",
     "SQUALL_COMPONENTS_DIR",

@@ -29,10 +29,11 @@ pub struct Intake {
     pub counters: Arc<RunCounters>,
     /// Chunks already handed on by an earlier run.
     pub resume_from: u64,
-    /// Envelopes allowed to wait in the output queue before reading pauses:
-    /// the audience streams, it is never buffered whole anywhere.
-    /// `u64::MAX`: no limit (a launch fills a durable queue for workers).
-    pub read_ahead: u64,
+    /// Envelopes allowed to wait in the output queue before reading pauses
+    /// (`None`: no limit, a launch fills a durable queue for workers that
+    /// may not run yet). Memory stays flat either way: rows stream from the
+    /// file to the queue and are never buffered whole.
+    pub read_ahead: Option<u64>,
     pub stop: Arc<AtomicBool>,
 }
 
@@ -125,10 +126,10 @@ impl Intake {
     }
 
     async fn wait_for_room(&self) -> anyhow::Result<()> {
-        if self.read_ahead == u64::MAX {
+        let Some(limit) = self.read_ahead else {
             return Ok(());
-        }
-        while self.queue.depth(&self.output).await?.total() >= self.read_ahead {
+        };
+        while self.queue.depth(&self.output).await?.total() >= limit {
             if self.stop.load(Ordering::Relaxed) {
                 break;
             }

@@ -69,10 +69,7 @@ pub async fn launch(
             store: store.clone(),
             counters: counters.clone(),
             resume_from: state.intake_batches_done,
-            // Workers may not be running yet: the queue holds the whole
-            // audience (SQS keeps messages for days); memory stays flat
-            // because rows stream from the file to the queue.
-            read_ahead: u64::MAX,
+            read_ahead: None,
             stop: stop.clone(),
         };
         intake.run().await?;

@@ -179,7 +179,7 @@ async fn execute(
             store: store.clone(),
             counters: counters.clone(),
             resume_from: state.intake_batches_done,
-            read_ahead: 16,
+            read_ahead: Some(16),
             stop: opts.stop.clone(),
         };
         let done = intake_done.clone();

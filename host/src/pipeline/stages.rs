@@ -83,6 +83,14 @@ fn retry(e: StageError, recipients: u64) -> BatchFailure {
     }
 }
 
+/// A (plugin) stage answered a batch with the wrong number of results.
+fn miscounted(stage: &str, got: usize, what: &str, recipients: u64) -> BatchFailure {
+    BatchFailure::Retry {
+        reason: format!("{stage} returned {got} {what} for {recipients} recipients"),
+        recipients,
+    }
+}
+
 fn poison<E: std::fmt::Display>(e: E) -> BatchFailure {
     BatchFailure::Poison {
         reason: e.to_string(),
@@ -206,14 +214,7 @@ impl Processor for SegmentProcessor {
         RunCounters::add(&self.shared.counters.segment_busy_us, cpu_us);
         let assignments = result.map_err(|e| retry(e, n))?;
         if assignments.len() != batch.recipients.len() {
-            return Err(BatchFailure::Retry {
-                reason: format!(
-                    "segmenter returned {} assignments for {} recipients",
-                    assignments.len(),
-                    n
-                ),
-                recipients: n,
-            });
+            return Err(miscounted("segmenter", assignments.len(), "assignments", n));
         }
         let mut stats = BatchStats {
             recipients: n,
@@ -307,14 +308,7 @@ impl Processor for PersonaliseProcessor {
         RunCounters::add(&self.shared.counters.personalise_busy_us, cpu_us);
         let rendered = result.map_err(|e| retry(e, n))?;
         if rendered.len() != batch.recipients.len() {
-            return Err(BatchFailure::Retry {
-                reason: format!(
-                    "personaliser returned {} messages for {} recipients",
-                    rendered.len(),
-                    n
-                ),
-                recipients: n,
-            });
+            return Err(miscounted("personaliser", rendered.len(), "messages", n));
         }
         let mut out = Vec::with_capacity(rendered.len());
         let stats = BatchStats {
@@ -484,10 +478,7 @@ impl SendProcessor {
                 .await?;
                 return Err(match other {
                     Err(e) => retry(e, n),
-                    Ok(b) => BatchFailure::Retry {
-                        reason: format!("sender returned {} requests for {} messages", b.len(), n),
-                        recipients: n,
-                    },
+                    Ok(b) => miscounted("sender", b.len(), "requests", n),
                 });
             }
         };
