@@ -141,63 +141,71 @@ impl SqsQueue {
     /// (idempotent), with the redrive policy; existing queues are used as
     /// they are. Returns the queue's URL.
     pub async fn create(&self, queue: &str) -> Result<String, QueueError> {
-        if let Some(url) = self.explicit.get(queue) {
-            return Ok(url.clone());
-        }
         let name = format!("{}{queue}", self.prefix);
-        let dlq_name = format!("{name}-dlq");
-        let dlq_url = match self.lookup(&dlq_name).await? {
-            Some(url) => url,
-            None => self
-                .client
-                .create_queue()
-                .queue_name(&dlq_name)
-                .attributes(QueueAttributeName::MessageRetentionPeriod, RETENTION_S)
-                .send()
-                .await
-                .map_err(|e| unavailable_or_other("CreateQueue", e))?
-                .queue_url()
-                .unwrap_or_default()
-                .to_string(),
+        let url = match self.explicit.get(queue) {
+            Some(url) => url.clone(),
+            None => match self.lookup(&name).await? {
+                Some(url) => url,
+                None => self.create_with_dead_letters(&name).await?,
+            },
         };
-        let url = match self.lookup(&name).await? {
-            Some(url) => url,
-            None => {
-                let dlq_arn = self
-                    .attribute(&dlq_url, QueueAttributeName::QueueArn)
-                    .await?;
-                let redrive = serde_json::json!({
-                    "deadLetterTargetArn": dlq_arn,
-                    "maxReceiveCount": self.max_receives.to_string(),
-                })
-                .to_string();
-                self.client
-                    .create_queue()
-                    .queue_name(&name)
-                    .attributes(
-                        QueueAttributeName::VisibilityTimeout,
-                        self.visibility_s.to_string(),
-                    )
-                    .attributes(QueueAttributeName::MessageRetentionPeriod, RETENTION_S)
-                    .attributes(QueueAttributeName::RedrivePolicy, redrive)
-                    .send()
-                    .await
-                    .map_err(|e| unavailable_or_other("CreateQueue", e))?
-                    .queue_url()
-                    .unwrap_or_default()
-                    .to_string()
-            }
-        };
+        // Its dead-letter queue is whatever its redrive policy names.
         self.urls
             .lock()
             .unwrap()
             .insert(queue.to_string(), url.clone());
-        self.dlq_urls
-            .lock()
-            .unwrap()
-            .insert(queue.to_string(), dlq_url);
         self.learn_max_size(&url).await?;
         Ok(url)
+    }
+
+    async fn create_queue(
+        &self,
+        name: &str,
+        attributes: Vec<(QueueAttributeName, String)>,
+    ) -> Result<String, QueueError> {
+        let mut request = self
+            .client
+            .create_queue()
+            .queue_name(name)
+            .attributes(QueueAttributeName::MessageRetentionPeriod, RETENTION_S);
+        for (k, v) in attributes {
+            request = request.attributes(k, v);
+        }
+        Ok(request
+            .send()
+            .await
+            .map_err(|e| unavailable_or_other("CreateQueue", e))?
+            .queue_url()
+            .unwrap_or_default()
+            .to_string())
+    }
+
+    /// `name` with `<name>-dlq` (made too, or reused) as its dead-letter queue.
+    async fn create_with_dead_letters(&self, name: &str) -> Result<String, QueueError> {
+        let dlq_name = format!("{name}-dlq");
+        let dlq_url = match self.lookup(&dlq_name).await? {
+            Some(url) => url,
+            None => self.create_queue(&dlq_name, vec![]).await?,
+        };
+        let dlq_arn = self
+            .attribute(&dlq_url, QueueAttributeName::QueueArn)
+            .await?;
+        let redrive = serde_json::json!({
+            "deadLetterTargetArn": dlq_arn,
+            "maxReceiveCount": self.max_receives.to_string(),
+        })
+        .to_string();
+        self.create_queue(
+            name,
+            vec![
+                (
+                    QueueAttributeName::VisibilityTimeout,
+                    self.visibility_s.to_string(),
+                ),
+                (QueueAttributeName::RedrivePolicy, redrive),
+            ],
+        )
+        .await
     }
 
     /// Reads each queue's `MaximumMessageSize`; producers split to the
@@ -229,19 +237,50 @@ impl SqsQueue {
     }
 
     async fn attribute(&self, url: &str, name: QueueAttributeName) -> Result<String, QueueError> {
+        let [value] = self.attributes(url, [name]).await?;
+        Ok(value)
+    }
+
+    /// Several queue attributes in one call, in the order asked (empty
+    /// when the queue does not report one).
+    async fn attributes<const N: usize>(
+        &self,
+        url: &str,
+        names: [QueueAttributeName; N],
+    ) -> Result<[String; N], QueueError> {
         let out = self
             .client
             .get_queue_attributes()
             .queue_url(url)
-            .attribute_names(name.clone())
+            .set_attribute_names(Some(names.to_vec()))
             .send()
             .await
             .map_err(|e| unavailable_or_other("GetQueueAttributes", e))?;
-        Ok(out
-            .attributes()
-            .and_then(|a| a.get(&name))
-            .cloned()
-            .unwrap_or_default())
+        Ok(names.map(|n| {
+            out.attributes()
+                .and_then(|a| a.get(&n))
+                .cloned()
+                .unwrap_or_default()
+        }))
+    }
+
+    /// Messages waiting (visible or delayed) and in flight on `url`.
+    async fn counts(&self, url: &str) -> Result<Depth, QueueError> {
+        let [visible, delayed, in_flight] = self
+            .attributes(
+                url,
+                [
+                    QueueAttributeName::ApproximateNumberOfMessages,
+                    QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+                    QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+                ],
+            )
+            .await?
+            .map(|v| v.parse::<u64>().unwrap_or(0));
+        Ok(Depth {
+            visible: visible + delayed,
+            in_flight,
+        })
     }
 
     async fn url(&self, queue: &str) -> Result<String, QueueError> {
@@ -401,13 +440,13 @@ impl SqsQueue {
         Ok(())
     }
 
+    /// Changes a received message's visibility on the queue at `url`.
     async fn change_visibility(
         &self,
-        queue: &str,
+        url: &str,
         receipt: &Receipt,
         visibility: Duration,
     ) -> Result<(), QueueError> {
-        let url = self.url(queue).await?;
         match self
             .client
             .change_message_visibility()
@@ -479,26 +518,6 @@ impl SqsQueue {
             })
             .collect())
     }
-
-    async fn replay(&self, queue: &str) -> Result<u64, QueueError> {
-        let (url, dlq) = (self.url(queue).await?, self.dlq_url(queue).await?);
-        let mut moved = 0;
-        loop {
-            let got = self
-                .receive_from(&dlq, 10, Duration::from_secs(60), Duration::ZERO)
-                .await?;
-            if got.is_empty() {
-                return Ok(moved);
-            }
-            let (bodies, receipts): (Vec<_>, Vec<_>) =
-                got.into_iter().map(|(d, _)| (d.body, d.receipt)).unzip();
-            moved += bodies.len() as u64;
-            // Sent before deleted: a crash in between duplicates a batch,
-            // which the ledger absorbs; the other order could lose one.
-            self.send_to(&url, bodies).await?;
-            self.delete(&dlq, &receipts).await?;
-        }
-    }
 }
 
 fn attr(value: impl Into<String>) -> MessageAttributeValue {
@@ -547,7 +566,8 @@ impl Queue for SqsQueue {
         receipt: &Receipt,
         delay: Duration,
     ) -> Result<(), QueueError> {
-        self.change_visibility(queue, receipt, delay).await
+        self.change_visibility(&self.url(queue).await?, receipt, delay)
+            .await
     }
 
     async fn extend(
@@ -556,7 +576,8 @@ impl Queue for SqsQueue {
         receipt: &Receipt,
         visibility: Duration,
     ) -> Result<(), QueueError> {
-        self.change_visibility(queue, receipt, visibility).await
+        self.change_visibility(&self.url(queue).await?, receipt, visibility)
+            .await
     }
 
     async fn dead_letter(
@@ -592,44 +613,31 @@ impl Queue for SqsQueue {
     }
 
     async fn depth(&self, queue: &str) -> Result<Depth, QueueError> {
-        let url = self.url(queue).await?;
-        let out = self
-            .client
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
-            .send()
-            .await
-            .map_err(|e| unavailable_or_other("GetQueueAttributes", e))?;
-        let get = |n: QueueAttributeName| -> u64 {
-            out.attributes()
-                .and_then(|a| a.get(&n))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        Ok(Depth {
-            visible: get(QueueAttributeName::ApproximateNumberOfMessages)
-                + get(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
-            in_flight: get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
-        })
+        self.counts(&self.url(queue).await?).await
     }
 
     async fn dead_letter_depth(&self, queue: &str) -> Result<u64, QueueError> {
-        let dlq = self.dlq_url(queue).await?;
-        let mut total = 0;
-        for n in [
-            QueueAttributeName::ApproximateNumberOfMessages,
-            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-        ] {
-            total += self.attribute(&dlq, n).await?.parse::<u64>().unwrap_or(0);
-        }
-        Ok(total)
+        Ok(self.counts(&self.dlq_url(queue).await?).await?.total())
     }
 
     async fn replay_dead_letters(&self, queue: &str) -> Result<u64, QueueError> {
-        self.replay(queue).await
+        let (url, dlq) = (self.url(queue).await?, self.dlq_url(queue).await?);
+        let mut moved = 0;
+        loop {
+            let got = self
+                .receive_from(&dlq, 10, Duration::from_secs(60), Duration::ZERO)
+                .await?;
+            if got.is_empty() {
+                return Ok(moved);
+            }
+            let (bodies, receipts): (Vec<_>, Vec<_>) =
+                got.into_iter().map(|(d, _)| (d.body, d.receipt)).unzip();
+            moved += bodies.len() as u64;
+            // Sent before deleted: a crash in between duplicates a batch,
+            // which the ledger absorbs; the other order could lose one.
+            self.send_to(&url, bodies).await?;
+            self.delete(&dlq, &receipts).await?;
+        }
     }
 
     /// Peeks at the dead-letter queue: each message is received once with
@@ -672,23 +680,9 @@ impl Queue for SqsQueue {
             }
         }
         for r in &receipts {
-            self.change_visibility_url(&dlq, r).await?;
+            self.change_visibility(&dlq, r, Duration::ZERO).await?;
         }
         Ok(seen)
-    }
-}
-
-impl SqsQueue {
-    async fn change_visibility_url(&self, url: &str, receipt: &Receipt) -> Result<(), QueueError> {
-        self.client
-            .change_message_visibility()
-            .queue_url(url)
-            .receipt_handle(&receipt.0)
-            .visibility_timeout(0)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| unavailable_or_other("ChangeMessageVisibility", e))
     }
 }
 
