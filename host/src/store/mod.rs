@@ -77,6 +77,33 @@ pub enum ClaimOutcome {
     Busy,
 }
 
+/// (recipient id, message key): a ledger row's key within a campaign.
+pub(crate) type KeyPair = (String, String);
+
+/// Each claim's outcome, from the keys this claim inserted and the states
+/// of the rows that were there already. Shared by every backend: this is
+/// the ledger's decision, the backends only gather its inputs.
+pub(crate) fn claim_outcomes(
+    claims: &[LedgerClaim],
+    mut inserted: std::collections::HashSet<KeyPair>,
+    existing: &std::collections::HashMap<KeyPair, String>,
+) -> Vec<ClaimOutcome> {
+    claims
+        .iter()
+        .map(|cl| {
+            let key = (cl.key.recipient_id.clone(), cl.key.message_key.clone());
+            // `remove`: a message listed twice in one batch is ours once.
+            if inserted.remove(&key) {
+                ClaimOutcome::Claimed
+            } else if existing.get(&key).is_some_and(|s| s == "claimed") {
+                ClaimOutcome::Busy
+            } else {
+                ClaimOutcome::Settled
+            }
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settlement {
     Delivered,

@@ -409,7 +409,7 @@ impl Store for PostgresStore {
         let tx = c.transaction().await.map_err(err)?;
         // `DISTINCT ON`: PostgreSQL refuses to touch one row twice in one
         // INSERT … ON CONFLICT, and a batch may list a message twice.
-        let inserted: HashSet<(String, String)> = tx
+        let inserted: HashSet<KeyPair> = tx
             .query(
                 "INSERT INTO ledger (campaign, recipient_id, message_key, message_id, state, owner, updated_at)
                  SELECT DISTINCT ON (r, m) $1, r, m, i, 'claimed', $2, $3
@@ -423,8 +423,7 @@ impl Store for PostgresStore {
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
-        let mut inserted = inserted;
-        let mut states: HashMap<(String, String), String> = HashMap::new();
+        let mut states: HashMap<KeyPair, String> = HashMap::new();
         if inserted.len() < claims.len() {
             for r in tx
                 .query(
@@ -441,19 +440,7 @@ impl Store for PostgresStore {
             }
         }
         tx.commit().await.map_err(err)?;
-        Ok(claims
-            .iter()
-            .map(|cl| {
-                let key = (cl.key.recipient_id.clone(), cl.key.message_key.clone());
-                if inserted.remove(&key) {
-                    ClaimOutcome::Claimed
-                } else if states.get(&key).is_some_and(|s| s == "claimed") {
-                    ClaimOutcome::Busy
-                } else {
-                    ClaimOutcome::Settled
-                }
-            })
-            .collect())
+        Ok(claim_outcomes(claims, inserted, &states))
     }
 
     async fn settle(

@@ -400,7 +400,7 @@ impl Store for SqliteStore {
                         .collect(),
                 )
                 .to_string();
-                let mut inserted: HashSet<(String, String)> = HashSet::with_capacity(claims.len());
+                let mut inserted: HashSet<KeyPair> = HashSet::with_capacity(claims.len());
                 {
                     let mut insert = tx.prepare_cached(
                         "INSERT INTO ledger (campaign, recipient_id, message_key, message_id, state, owner, updated_at)
@@ -413,7 +413,7 @@ impl Store for SqliteStore {
                         inserted.insert(row?);
                     }
                 }
-                let mut states: HashMap<(String, String), String> = HashMap::new();
+                let mut states: HashMap<KeyPair, String> = HashMap::new();
                 if inserted.len() < claims.len() {
                     let mut stmt = tx.prepare_cached(
                         "SELECT l.recipient_id, l.message_key, l.state FROM json_each(?2) AS j
@@ -425,18 +425,7 @@ impl Store for SqliteStore {
                         states.insert(key, state);
                     }
                 }
-                let mut out = Vec::with_capacity(claims.len());
-                for cl in &claims {
-                    let key = (cl.key.recipient_id.clone(), cl.key.message_key.clone());
-                    // `remove`: a message listed twice in one batch is ours once.
-                    out.push(if inserted.remove(&key) {
-                        ClaimOutcome::Claimed
-                    } else if states.get(&key).is_some_and(|s| s == "claimed") {
-                        ClaimOutcome::Busy
-                    } else {
-                        ClaimOutcome::Settled
-                    });
-                }
+                let out = claim_outcomes(&claims, inserted, &states);
                 tx.commit()?;
                 Ok(out)
             })
