@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::backends::Backends;
 use super::counters::RunCounters;
+use super::envelope::{EnvelopeError, PersonaliseEnvelope, SegmentEnvelope, SendEnvelope};
 use super::prepare;
 use super::recovery::settle_in_doubt;
 use super::stages::{PersonaliseProcessor, SegmentProcessor, SendProcessor, Shared};
@@ -316,6 +317,11 @@ struct Head {
 const RECHECK: Duration = Duration::from_secs(10);
 
 impl Router {
+    async fn processor(&mut self, campaign: &str) -> Result<&mut Loaded, BatchFailure> {
+        self.load(campaign).await?;
+        Ok(&mut self.mine.get_mut(campaign).expect("loaded above").processor)
+    }
+
     async fn load(&mut self, campaign: &str) -> Result<(), BatchFailure> {
         if self
             .mine
@@ -385,17 +391,33 @@ impl Processor for Router {
     }
 
     async fn process(&mut self, delivery: &Delivery) -> Result<(), BatchFailure> {
-        let head: Head =
-            serde_json::from_slice(&delivery.body).map_err(|e| BatchFailure::Poison {
-                reason: format!("not a Squall batch envelope: {e}"),
-                recipients: 0,
-            })?;
-        self.load(&head.campaign).await?;
-        let entry = self.mine.get_mut(&head.campaign).expect("loaded above");
-        match &mut entry.processor {
-            Loaded::Segment(p) => p.process(delivery).await,
-            Loaded::Personalise(p) => p.process(delivery).await,
-            Loaded::Send(p) => p.process(delivery).await,
+        // Decoded once, as the stage's envelope type: its campaign routes it.
+        let malformed = |e: EnvelopeError| BatchFailure::Poison {
+            reason: e.to_string(),
+            recipients: 0,
+        };
+        match self.campaigns.stage {
+            Stage::Segment => {
+                let env = SegmentEnvelope::decode(&delivery.body).map_err(malformed)?;
+                match self.processor(&env.campaign).await? {
+                    Loaded::Segment(p) => p.process_envelope(env).await,
+                    _ => unreachable!("a segment worker loads segment processors"),
+                }
+            }
+            Stage::Personalise => {
+                let env = PersonaliseEnvelope::decode(&delivery.body).map_err(malformed)?;
+                match self.processor(&env.campaign).await? {
+                    Loaded::Personalise(p) => p.process_envelope(env).await,
+                    _ => unreachable!("a personalise worker loads personalise processors"),
+                }
+            }
+            Stage::Send => {
+                let env = SendEnvelope::decode(&delivery.body).map_err(malformed)?;
+                match self.processor(&env.campaign).await? {
+                    Loaded::Send(p) => p.process_envelope(env).await,
+                    _ => unreachable!("a send worker loads send processors"),
+                }
+            }
         }
     }
 }

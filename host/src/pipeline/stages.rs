@@ -199,6 +199,14 @@ impl Processor for SegmentProcessor {
 
     async fn process(&mut self, delivery: &Delivery) -> Result<(), BatchFailure> {
         let env = SegmentEnvelope::decode(&delivery.body).map_err(poison)?;
+        self.process_envelope(env).await
+    }
+}
+
+impl SegmentProcessor {
+    /// A batch already decoded (a deployment's worker decodes it once, to
+    /// route it to its campaign).
+    pub async fn process_envelope(&mut self, env: SegmentEnvelope) -> Result<(), BatchFailure> {
         let n = env.items.len() as u64;
         let batch = wit::RecipientBatch {
             campaign: env.campaign.clone(),
@@ -285,6 +293,14 @@ impl Processor for PersonaliseProcessor {
 
     async fn process(&mut self, delivery: &Delivery) -> Result<(), BatchFailure> {
         let env = PersonaliseEnvelope::decode(&delivery.body).map_err(poison)?;
+        self.process_envelope(env).await
+    }
+}
+
+impl PersonaliseProcessor {
+    /// A batch already decoded (a deployment's worker decodes it once, to
+    /// route it to its campaign).
+    pub async fn process_envelope(&mut self, env: PersonaliseEnvelope) -> Result<(), BatchFailure> {
         let n = env.items.len() as u64;
         let picks: Vec<u32> = env.items.iter().map(|p| p.message).collect();
         let mut meta = Vec::with_capacity(env.items.len());
@@ -392,6 +408,14 @@ impl Processor for SendProcessor {
 
     async fn process(&mut self, delivery: &Delivery) -> Result<(), BatchFailure> {
         let env = SendEnvelope::decode(&delivery.body).map_err(poison)?;
+        self.process_envelope(env).await
+    }
+}
+
+impl SendProcessor {
+    /// A batch already decoded (a deployment's worker decodes it once, to
+    /// route it to its campaign).
+    pub async fn process_envelope(&mut self, env: SendEnvelope) -> Result<(), BatchFailure> {
         let n = env.items.len() as u64;
         let shared = &self.shared;
         let claims: Vec<LedgerClaim> = env
