@@ -11,6 +11,7 @@ use squall::campaign::Campaign;
 use squall::config::{Config, Stage};
 use squall::pipeline::backends::Backends;
 use squall::pipeline::counters::RunCounters;
+use squall::pipeline::envelope::Head;
 use squall::pipeline::launch::launch;
 use squall::pipeline::prepare::PrepareError;
 use squall::pipeline::run::RunError;
@@ -485,19 +486,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 
 /// One dead letter for `dlq list`: what the envelope says of itself, and why.
 fn dead_letter_row(stage: Stage, d: &squall::queue::DeadLetter) -> serde_json::Value {
-    #[derive(serde::Deserialize)]
-    struct Head {
-        campaign: Option<String>,
-        batch: Option<String>,
-        #[serde(default)]
-        items: Vec<serde::de::IgnoredAny>,
-    }
-    let head = serde_json::from_slice::<Head>(&d.body).ok();
+    let head = Head::peek(&d.body);
     serde_json::json!({
         "stage": stage.name(),
-        "campaign": head.as_ref().and_then(|h| h.campaign.clone()),
-        "batch": head.as_ref().and_then(|h| h.batch.clone()),
-        "recipients": head.as_ref().map_or(0, |h| h.items.len()),
+        "campaign": head.as_ref().map(|h| h.campaign.clone()),
+        "batch": head.as_ref().map(|h| h.batch.clone()),
+        "recipients": head.as_ref().map_or(0, |h| h.recipients),
         "reason": d.reason,
         "receive_count": d.receive_count,
         "failed_at_ms": d.failed_at_ms,

@@ -36,6 +36,28 @@ pub type SegmentEnvelope = Envelope<Record>;
 pub type PersonaliseEnvelope = Envelope<Placed>;
 pub type SendEnvelope = Envelope<Outgoing>;
 
+/// What any envelope says of itself, whatever its stage: for routing,
+/// dead letters and listings, where the items do not matter.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Head {
+    pub campaign: String,
+    pub batch: String,
+    /// How many items (recipients or messages) it carries.
+    #[serde(rename = "items", deserialize_with = "count_items")]
+    pub recipients: usize,
+}
+
+fn count_items<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    Ok(Vec::<serde::de::IgnoredAny>::deserialize(d)?.len())
+}
+
+impl Head {
+    /// `None` for a body that is not an envelope.
+    pub fn peek(body: &[u8]) -> Option<Head> {
+        serde_json::from_slice(body).ok()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EnvelopeError {
     #[error("not a Squall batch envelope: {0}")]
@@ -188,6 +210,23 @@ mod tests {
                 .sum::<usize>(),
             2
         );
+    }
+
+    #[test]
+    fn the_head_of_any_envelope_can_be_read() {
+        let body = Envelope::new("c", "0007".into(), vec![], records(3, 2))
+            .encode(1 << 20)
+            .bodies
+            .remove(0);
+        assert_eq!(
+            Head::peek(&body),
+            Some(Head {
+                campaign: "c".into(),
+                batch: "0007".into(),
+                recipients: 3
+            })
+        );
+        assert_eq!(Head::peek(b"garbage"), None);
     }
 
     #[test]

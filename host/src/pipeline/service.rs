@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::backends::Backends;
 use super::counters::RunCounters;
-use super::envelope::{EnvelopeError, PersonaliseEnvelope, SegmentEnvelope, SendEnvelope};
+use super::envelope::{EnvelopeError, Head, PersonaliseEnvelope, SegmentEnvelope, SendEnvelope};
 use super::prepare;
 use super::recovery::settle_in_doubt;
 use super::stages::{PersonaliseProcessor, SegmentProcessor, SendProcessor, Shared};
@@ -308,11 +308,6 @@ pub struct Router {
     mine: HashMap<String, ForCampaign>,
 }
 
-#[derive(Deserialize)]
-struct Head {
-    campaign: String,
-}
-
 /// How often a worker looks for a newer definition of a loaded campaign.
 const RECHECK: Duration = Duration::from_secs(10);
 
@@ -386,7 +381,7 @@ impl Processor for Router {
     }
 
     fn max_attempts(&self, delivery: &Delivery) -> Option<u32> {
-        let head = serde_json::from_slice::<Head>(&delivery.body).ok()?;
+        let head = Head::peek(&delivery.body)?;
         self.mine.get(&head.campaign).map(|c| c.max_attempts)
     }
 

@@ -6,12 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-
 use crate::queue::{Delivery, Queue, QueueError, Receipt};
 use crate::store::{DeadLetterRecord, Store, StoreError};
 
 use super::counters::RunCounters;
+use super::envelope::Head;
 
 /// Why a batch was not processed.
 #[derive(Debug)]
@@ -349,11 +348,6 @@ async fn handle<P: Processor>(
     }
 }
 
-#[derive(Deserialize)]
-struct Head {
-    campaign: String,
-}
-
 async fn dead_letter(
     ctx: &WorkerContext,
     stage: &str,
@@ -361,9 +355,7 @@ async fn dead_letter(
     recipients: u64,
     reason: &str,
 ) -> anyhow::Result<()> {
-    let campaign = serde_json::from_slice::<Head>(&delivery.body)
-        .map(|h| h.campaign)
-        .unwrap_or_else(|_| ctx.campaign.clone());
+    let campaign = Head::peek(&delivery.body).map_or_else(|| ctx.campaign.clone(), |h| h.campaign);
     // The store's record first: if we die between the two, the message is
     // redelivered and the (idempotent) record is written again.
     let item = format!("receipt:{}", xxhash_rust::xxh3::xxh3_64(&delivery.body));
