@@ -19,7 +19,7 @@ use crate::audience::{AudienceReader, AudienceSpec, Format};
 use crate::runtime::{ComponentSource, defaults};
 
 /// Where accepted messages go.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum TransportSpec {
     /// One JSON line per message in `<data-dir>/outbox.jsonl`.
     Outbox,

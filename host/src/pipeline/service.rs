@@ -93,7 +93,7 @@ pub async fn work(backends: &Backends, opts: WorkerOptions) -> anyhow::Result<Wo
         owner: id.clone(),
         data_dir: config.data_dir.clone(),
         store: backends.store.clone(),
-        transports: Transports::new(config.data_dir.join("outbox"), id.clone()),
+        transports: Default::default(),
         loaded: Default::default(),
         engines: Default::default(),
     });
@@ -148,45 +148,6 @@ pub async fn work(backends: &Backends, opts: WorkerOptions) -> anyhow::Result<Wo
     })
 }
 
-/// One transport per destination, shared by the worker's tasks: the outbox
-/// is one file per worker process.
-struct Transports {
-    outbox_dir: PathBuf,
-    worker: String,
-    made: tokio::sync::Mutex<HashMap<String, Arc<dyn Transport>>>,
-}
-
-impl Transports {
-    fn new(outbox_dir: PathBuf, worker: String) -> Transports {
-        Transports {
-            outbox_dir,
-            worker,
-            made: Default::default(),
-        }
-    }
-
-    async fn get(&self, c: &Campaign) -> anyhow::Result<Arc<dyn Transport>> {
-        let key = format!("{:?}", c.transport);
-        let mut made = self.made.lock().await;
-        if let Some(t) = made.get(&key) {
-            return Ok(t.clone());
-        }
-        let t: Arc<dyn Transport> = match &c.transport {
-            TransportSpec::Outbox => Arc::new(
-                OutboxTransport::open_shared(&self.outbox_dir, &self.worker).with_context(
-                    || format!("cannot open the outbox in {}", self.outbox_dir.display()),
-                )?,
-            ),
-            TransportSpec::Smtp { host, port } => {
-                Arc::new(SmtpTransport::new(host, *port, c.file.delivery.connections))
-            }
-            TransportSpec::Null => Arc::new(NullTransport),
-        };
-        made.insert(key, t.clone());
-        Ok(t)
-    }
-}
-
 enum Loaded {
     Segment(SegmentProcessor),
     Personalise(PersonaliseProcessor),
@@ -210,13 +171,36 @@ struct Campaigns {
     owner: String,
     data_dir: PathBuf,
     store: Arc<dyn Store>,
-    transports: Transports,
+    /// One per destination: the outbox is one file per worker process.
+    transports: std::sync::Mutex<HashMap<TransportSpec, Arc<dyn Transport>>>,
     loaded: tokio::sync::Mutex<HashMap<String, Arc<Prepared>>>,
     /// Engines by sandbox limits: creating one reserves the instance pool.
     engines: std::sync::Mutex<HashMap<(u32, u64), Arc<StageEngine>>>,
 }
 
 impl Campaigns {
+    fn transport(&self, c: &Campaign) -> anyhow::Result<Arc<dyn Transport>> {
+        let mut made = self.transports.lock().unwrap();
+        if let Some(t) = made.get(&c.transport) {
+            return Ok(t.clone());
+        }
+        let t: Arc<dyn Transport> = match &c.transport {
+            TransportSpec::Outbox => {
+                let dir = self.data_dir.join("outbox");
+                Arc::new(
+                    OutboxTransport::open_shared(&dir, &self.owner)
+                        .with_context(|| format!("cannot open the outbox in {}", dir.display()))?,
+                )
+            }
+            TransportSpec::Smtp { host, port } => {
+                Arc::new(SmtpTransport::new(host, *port, c.file.delivery.connections))
+            }
+            TransportSpec::Null => Arc::new(NullTransport),
+        };
+        made.insert(c.transport.clone(), t.clone());
+        Ok(t)
+    }
+
     /// The campaign as currently stored, loading it if it is new here or
     /// its definition changed. One task loads; the others wait for it.
     async fn get(&self, campaign: &str) -> Result<Arc<Prepared>, BatchFailure> {
@@ -266,11 +250,7 @@ impl Campaigns {
         let stages = prepare::stages(&c, &engine).map_err(|e| fail(e.to_string()))?;
         let transport = match self.stage {
             Stage::Send => {
-                let t = self
-                    .transports
-                    .get(&c)
-                    .await
-                    .map_err(|e| fail(format!("{e:#}")))?;
+                let t = self.transport(&c).map_err(|e| fail(format!("{e:#}")))?;
                 // Claims a dead worker left open are settled before this
                 // worker sends anything of the campaign.
                 settle_in_doubt(&*self.store, &*t, campaign, &self.owner)
