@@ -41,18 +41,34 @@ pub fn from_wit(r: wit::Recipient) -> Record {
     }
 }
 
-pub fn outgoing_to_wit(m: &Outgoing) -> wit::OutgoingMessage {
+pub fn outgoing_to_wit(m: Outgoing) -> wit::OutgoingMessage {
     wit::OutgoingMessage {
-        message_id: m.message_id.clone(),
-        recipient_id: m.recipient_id.clone(),
-        address: m.address.clone(),
-        segment: m.segment.clone(),
-        variant: m.variant.clone(),
-        unsubscribe_url: m.unsubscribe_url.clone(),
+        message_id: m.message_id,
+        recipient_id: m.recipient_id,
+        address: m.address,
+        segment: m.segment,
+        variant: m.variant,
+        unsubscribe_url: m.unsubscribe_url,
         content: wit::RenderedMessage {
-            subject: m.content.subject.clone(),
-            text: m.content.text.clone(),
-            html: m.content.html.clone(),
+            subject: m.content.subject,
+            text: m.content.text,
+            html: m.content.html,
+        },
+    }
+}
+
+pub fn outgoing_from_wit(m: wit::OutgoingMessage) -> Outgoing {
+    Outgoing {
+        message_id: m.message_id,
+        recipient_id: m.recipient_id,
+        address: m.address,
+        segment: m.segment,
+        variant: m.variant,
+        unsubscribe_url: m.unsubscribe_url,
+        content: squall_pipeline_core::template::Rendered {
+            subject: m.content.subject,
+            text: m.content.text,
+            html: m.content.html,
         },
     }
 }

@@ -8,7 +8,7 @@ use squall_pipeline_core::ids::message_id;
 use squall_pipeline_core::message::{Channel, Outgoing};
 use squall_pipeline_core::template::Rendered;
 
-use super::convert::{from_wit, outgoing_to_wit, request_from_wit, to_wit};
+use super::convert::{from_wit, outgoing_from_wit, outgoing_to_wit, request_from_wit, to_wit};
 use super::counters::RunCounters;
 use super::envelope::{Envelope, PersonaliseEnvelope, Placed, SegmentEnvelope, SendEnvelope};
 use super::recovery::settle_in_doubt;
@@ -477,17 +477,21 @@ impl SendProcessor {
                 .map(|m| (ledger_key(m), Settlement::Released))
                 .collect::<Vec<_>>()
         };
-        let wit_messages: Vec<wit::OutgoingMessage> = mine.iter().map(outgoing_to_wit).collect();
+        // Moved across and back (the call borrows them), never copied:
+        // message bodies are the largest thing on this path.
+        let wit_messages: Vec<wit::OutgoingMessage> =
+            mine.into_iter().map(outgoing_to_wit).collect();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        let (stage, _, built, cpu_us) = blocking(
+        let (stage, wit_messages, built, cpu_us) = blocking(
             self.stage.take().expect("stage in hand"),
             wit_messages,
             move |s, m| s.build(m, now),
         )
         .await;
         self.stage = Some(stage);
+        let mine: Vec<Outgoing> = wit_messages.into_iter().map(outgoing_from_wit).collect();
         RunCounters::add(&shared.counters.send_busy_us, cpu_us);
         let built = match built {
             Ok(b) if b.len() == mine.len() => b,
