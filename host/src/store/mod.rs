@@ -104,6 +104,22 @@ pub(crate) fn claim_outcomes(
         .collect()
 }
 
+/// For each (id, line) registered, the line the id was first seen on if
+/// that is another line (a duplicate), from the stored first lines. Shared
+/// by every backend; a line registered again after a restart is no
+/// duplicate of itself.
+pub(crate) fn duplicates(
+    ids: &[(String, u64)],
+    first_lines: &std::collections::HashMap<String, u64>,
+) -> Vec<Option<u64>> {
+    ids.iter()
+        .map(|(id, line)| {
+            let first = first_lines.get(id).copied().unwrap_or(*line);
+            (first != *line).then_some(first)
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settlement {
     Delivered,
@@ -409,6 +425,12 @@ pub(crate) mod contract {
             .await
             .unwrap();
         assert_eq!(again, vec![None, Some(2)]);
+        // A new id twice in one call: the first line counts.
+        let twice = s
+            .register_ids("c", &[("n".into(), 20), ("n".into(), 21)])
+            .await
+            .unwrap();
+        assert_eq!(twice, vec![None, Some(20)]);
     }
 
     pub(crate) async fn batch_stats_count_once_per_batch(s: &dyn Store) {

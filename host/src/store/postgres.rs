@@ -241,14 +241,7 @@ impl Store for PostgresStore {
             .iter()
             .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
             .collect();
-        // Within one call, the first line of an id is the one that counts
-        // (as in SQLite, where rows go in one by one).
-        let mut out = Vec::with_capacity(ids.len());
-        for (id, line) in ids {
-            let f = first.get(id).copied().unwrap_or(*line);
-            out.push((f != *line).then_some(f));
-        }
-        Ok(out)
+        Ok(duplicates(ids, &first))
     }
 
     async fn record_rejects(&self, campaign: &str, rejects: &[Reject]) -> Result<(), StoreError> {
