@@ -39,18 +39,21 @@ pub async fn launch(
     // queued: a campaign that cannot run never starts.
     let engine = StageEngine::new(&campaign.file.limits.sandbox())?;
     prepare::stages(campaign, &engine)?;
-    let bundle = Bundle::of(campaign).map_err(anyhow::Error::from)?;
+    Ok(store_and_queue(campaign, backends, stop).await?)
+}
 
+async fn store_and_queue(
+    campaign: &Campaign,
+    backends: &Backends,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<LaunchReport> {
+    let bundle = Bundle::of(campaign)?;
     let store = backends.store.clone();
     let id = campaign.id().to_string();
     store
         .save_bundle(&id, &campaign.hash, &bundle.to_bytes())
-        .await
-        .map_err(anyhow::Error::from)?;
-    let state = store
-        .open_campaign(&id, &campaign.hash)
-        .await
-        .map_err(anyhow::Error::from)?;
+        .await?;
+    let state = store.open_campaign(&id, &campaign.hash).await?;
     if state.definition_hash != campaign.hash {
         tracing::warn!(
             campaign = id,
@@ -74,15 +77,12 @@ pub async fn launch(
         };
         intake.run().await?;
     }
-    let state = store
-        .open_campaign(&id, "")
-        .await
-        .map_err(anyhow::Error::from)?;
+    let state = store.open_campaign(&id, "").await?;
     let rejects_file = write_rejects(&*store, &backends.config.data_dir, &id).await?;
     Ok(LaunchReport {
         campaign: id.clone(),
         audience: state.rows_read,
-        rejected: store.rejects(&id).await.map_err(anyhow::Error::from)?.len() as u64,
+        rejected: store.reject_count(&id).await?,
         queued_now: RunCounters::get(&counters.rows_read),
         already_launched: RunCounters::get(&counters.rows_read) == 0 && state.intake_finished,
         rejects_file,
