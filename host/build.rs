@@ -1,4 +1,4 @@
-//! Builds the default stage components (and the test plugins) for
+//! Builds the default stage components (and the test and example plugins) for
 //! `wasm32-wasip2`, so that `cargo build` is the only step a user runs.
 //!
 //! The nested cargo uses its own target directory: the outer build holds the
@@ -14,6 +14,7 @@ const COMPONENTS: &[(&str, &str)] = &[
     ("squall-personaliser", "squall_personaliser"),
     ("squall-sender", "squall_sender"),
     ("squall-test-hostile", "squall_test_hostile"),
+    ("squall-example-acme-gateway", "squall_example_acme_gateway"),
 ];
 
 fn main() {
@@ -23,6 +24,7 @@ fn main() {
         "wit",
         "components",
         "tests/plugins",
+        "examples/plugins",
         "Cargo.lock",
         "Cargo.toml",
     ] {

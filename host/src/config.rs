@@ -26,6 +26,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::delivery::provider::ProviderConfig;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -39,6 +41,10 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default)]
     pub stage: StagesConfig,
+    /// Named ways out (`[[provider]]`), which campaigns list in order of
+    /// preference: `[delivery] providers = ["primary", "backup"]`.
+    #[serde(default, rename = "provider")]
+    pub providers: Vec<ProviderConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -324,6 +330,13 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), String> {
+        let mut names = std::collections::HashSet::new();
+        for p in &self.providers {
+            p.check().map_err(|e| e.to_string())?;
+            if !names.insert(p.name.as_str()) {
+                return Err(format!("provider `{}` is defined twice", p.name));
+            }
+        }
         let q = &self.queue;
         if q.wait_s > 20 {
             return Err("queue.wait_s is at most 20 (SQS's long-polling limit)".into());

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use squall::campaign::Campaign;
 use squall::config::{Config, Stage};
@@ -35,8 +36,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Check a campaign file (rules, templates, audience header); send nothing.
-    Validate { campaign: PathBuf },
+    /// Check a campaign file (rules, templates, audience header, the
+    /// providers it names); send nothing.
+    Validate {
+        campaign: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Render the message one recipient would get; send nothing.
     Preview {
         campaign: PathBuf,
@@ -60,6 +66,10 @@ enum Command {
         /// Parallel personalise workers.
         #[arg(long, default_value_t = 2)]
         personalise_workers: usize,
+        /// A squall.toml whose `[[provider]]` entries the campaign may name
+        /// (its queue and store settings are not used: `run` is embedded).
+        #[arg(long, env = "SQUALL_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Benchmark the pipeline against a native baseline on a synthetic audience.
     Bench(squall::bench::BenchArgs),
@@ -101,6 +111,48 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
+    },
+    /// The suppression list: addresses never sent to again, checked at
+    /// every send (unsubscribes, hard bounces, complaints, manual entries).
+    Suppress {
+        #[command(subcommand)]
+        command: SuppressCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SuppressCommand {
+    /// Add addresses.
+    Add {
+        #[arg(required = true)]
+        addresses: Vec<String>,
+        #[arg(long, default_value = "manual", value_parser = ["manual", "unsubscribed", "complaint", "hard-bounce"])]
+        reason: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Remove addresses (they may be sent to again).
+    Remove {
+        #[arg(required = true)]
+        addresses: Vec<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Print the list.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add every address of a file: one per line, or a CSV with an
+    /// `address` or `email` (or `phone`) column.
+    Import {
+        file: PathBuf,
+        #[arg(long, default_value = "manual", value_parser = ["manual", "unsubscribed", "complaint", "hard-bounce"])]
+        reason: String,
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 
@@ -204,7 +256,8 @@ const INVALID: u8 = 2;
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Validate { campaign } => {
+        Command::Validate { campaign, config } => {
+            let config = config.load()?;
             let (c, mut problems) = match Campaign::load_partial(&campaign) {
                 Ok(loaded) => loaded,
                 Err(d) => {
@@ -228,6 +281,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 Err(e) => return Ok(invalid(e)),
             }
+            problems.extend(squall::pipeline::transports::check_providers(
+                &config.providers,
+                &c,
+            ));
             if !problems.is_empty() {
                 problems.sort_by_key(|p| (p.line, p.column));
                 eprintln!("{}", squall::campaign::Diagnostics(problems));
@@ -272,12 +329,16 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             data_dir,
             json,
             personalise_workers,
+            config,
         } => {
             let Some(c) = load(&campaign) else {
                 return Ok(ExitCode::from(INVALID));
             };
             let mut opts = RunOptions::new(data_dir);
             opts.personalise_workers = personalise_workers;
+            if let Some(path) = config {
+                opts.providers = Config::load(Some(&path))?.providers;
+            }
             let stop = opts.stop.clone();
             tokio::spawn(async move {
                 if tokio::signal::ctrl_c().await.is_ok() {
@@ -334,6 +395,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(3)
             })
+        }
+        Command::Bench(args) if args.smtp => {
+            squall::bench::smtp::run(args).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {
             squall::bench::run(args).await?;
@@ -405,6 +470,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             eprintln!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Suppress { command } => suppress(command).await,
         Command::Status {
             campaign,
             config,
@@ -499,6 +565,86 @@ fn dead_letter_row(stage: Stage, d: &squall::queue::DeadLetter) -> serde_json::V
     })
 }
 
+async fn suppress(command: SuppressCommand) -> anyhow::Result<ExitCode> {
+    use squall::store::{Suppression, SuppressionReason};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let entries = |addresses: Vec<String>, reason: &str| -> Vec<Suppression> {
+        let reason = SuppressionReason::parse(reason).expect("clap checked it");
+        addresses
+            .into_iter()
+            .map(|address| Suppression {
+                address,
+                reason,
+                detail: "added by hand".into(),
+                campaign: None,
+                at: now,
+            })
+            .collect()
+    };
+    match command {
+        SuppressCommand::Add {
+            addresses,
+            reason,
+            config,
+        } => {
+            let backends = Backends::open(config.load()?, false).await?;
+            let n = addresses.len();
+            backends
+                .store
+                .suppress(&entries(addresses, &reason))
+                .await?;
+            println!("{n} address(es) suppressed ({reason})");
+        }
+        SuppressCommand::Remove { addresses, config } => {
+            let backends = Backends::open(config.load()?, false).await?;
+            let n = backends.store.unsuppress(&addresses).await?;
+            println!(
+                "{n} of {} address(es) removed from the list",
+                addresses.len()
+            );
+        }
+        SuppressCommand::List { config, json } => {
+            let backends = Backends::open(config.load()?, false).await?;
+            let list = backends.store.suppressions().await?;
+            if json {
+                println!("{}", serde_json::to_string(&list)?);
+            } else {
+                for s in &list {
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        s.address,
+                        s.reason.as_str(),
+                        s.campaign.as_deref().unwrap_or("-"),
+                        s.detail
+                    );
+                }
+                eprintln!("{} address(es)", list.len());
+            }
+        }
+        SuppressCommand::Import {
+            file,
+            reason,
+            config,
+        } => {
+            let addresses = squall::audience::read_address_list(&file)
+                .with_context(|| format!("cannot import {}", file.display()))?;
+            let backends = Backends::open(config.load()?, false).await?;
+            let n = addresses.len();
+            // In chunks: a list of millions is not one statement.
+            for chunk in entries(addresses, &reason).chunks(5_000) {
+                backends.store.suppress(chunk).await?;
+            }
+            println!(
+                "{n} address(es) from {} suppressed ({reason})",
+                file.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn print_status(s: &squall::pipeline::status::Status) {
     println!(
         "{} — {}",
@@ -516,8 +662,12 @@ fn print_status(s: &squall::pipeline::status::Status) {
         s.totals.audience, s.totals.rejected, s.totals.unsegmented, s.in_progress
     );
     println!(
-        "  sent {} · failed {} · in doubt {} · dead-lettered {}",
-        s.totals.sent, s.totals.failed, s.totals.in_doubt, s.totals.dead_lettered
+        "  sent {} · failed {} · suppressed {} · in doubt {} · dead-lettered {}",
+        s.totals.sent,
+        s.totals.failed,
+        s.totals.suppressed,
+        s.totals.in_doubt,
+        s.totals.dead_lettered
     );
     for stage in Stage::ALL {
         let (name, Some(st)) = (stage.name(), s.stages.get(stage.name())) else {
@@ -536,6 +686,40 @@ fn print_status(s: &squall::pipeline::status::Status) {
         println!(
             "  dead letter: {} {} ({} recipient(s)): {}",
             d.stage, d.item, d.recipients, d.reason
+        );
+    }
+    print_providers(&s.providers);
+    if let Some(w) = &s.waiting {
+        println!("  {w}");
+    }
+}
+
+fn print_providers(providers: &[squall::delivery::metrics::ProviderStats]) {
+    for p in providers {
+        let ms = |q| {
+            p.latency_quantile_ms(q)
+                .map_or("-".to_string(), |v| format!("≤{v} ms"))
+        };
+        println!(
+            "  provider {} ({}): {} attempts · {} delivered · {} transient · {} permanent{} · p50 {} · p99 {} · breaker {}{}",
+            p.provider,
+            p.kind,
+            p.attempts,
+            p.delivered,
+            p.transient,
+            p.permanent,
+            if p.units > 0 {
+                format!(" · {} SMS segments", p.units)
+            } else {
+                String::new()
+            },
+            ms(0.5),
+            ms(0.99),
+            p.breaker,
+            p.breaker_reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
         );
     }
 }
@@ -616,6 +800,9 @@ fn print_report(r: &squall::pipeline::RunReport) {
     }
     row("sent", r.totals.sent);
     row("failed", r.totals.failed);
+    if r.totals.suppressed > 0 {
+        row("suppressed (not sent)", r.totals.suppressed);
+    }
     row("dead-lettered", r.totals.dead_lettered);
     for d in r.totals.dead_letters.iter().take(10) {
         println!(
@@ -634,5 +821,6 @@ fn print_report(r: &squall::pipeline::RunReport) {
     if let Some(o) = &r.outbox {
         println!("  outbox:  {}", o.display());
     }
+    print_providers(&r.providers);
     println!("  took {:.1} s", r.elapsed_ms as f64 / 1000.0);
 }

@@ -10,6 +10,7 @@ pub mod ids;
 pub mod message;
 pub mod record;
 pub mod segment;
+pub mod sms;
 pub mod template;
 mod template_scan;
 

@@ -25,6 +25,8 @@ pub struct SenderConfig {
     pub from: String,
     pub reply_to: Option<String>,
     pub unsubscribe_mailto: Option<String>,
+    /// Where HTTP requests go: a URL, or a path the host resolves against
+    /// its provider's endpoint. `None` is the provider's endpoint itself.
     pub endpoint: Option<String>,
 }
 
@@ -81,14 +83,6 @@ impl Sender {
                     config.from
                 ),
             )),
-            Channel::Sms | Channel::Webhook if config.endpoint.is_none() => {
-                problems.push(Diagnostic::new(
-                    "delivery.endpoint",
-                    1,
-                    1,
-                    "this channel needs an endpoint URL for its requests",
-                ))
-            }
             _ => {}
         }
         if !problems.is_empty() {

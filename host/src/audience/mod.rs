@@ -8,6 +8,7 @@
 //! every id seen.
 
 mod address;
+mod address_list;
 mod csv;
 mod jsonl;
 mod typing;
@@ -21,6 +22,7 @@ use squall_pipeline_core::Record;
 use squall_pipeline_core::message::Channel;
 
 pub use address::validate_address;
+pub use address_list::{AddressListError, read_address_list};
 pub use typing::{FieldType, type_value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -5,6 +5,7 @@
 //! shared and noisy, so the figures that matter are the ratios.
 
 mod audience;
+pub mod smtp;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -34,6 +35,13 @@ pub struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Measure SMTP delivery instead: `squall run` into Postfix's
+    /// smtp-sink against Postfix's own smtp-source into the same sink.
+    #[arg(long)]
+    pub smtp: bool,
+    /// SMTP connections, for squall and smtp-source alike (with `--smtp`).
+    #[arg(long, default_value_t = 16)]
+    pub connections: u32,
 }
 
 #[derive(Debug, Serialize)]

@@ -27,6 +27,8 @@ pub enum TransportSpec {
     Smtp { host: String, port: u16 },
     /// Discard (benchmarks).
     Null,
+    /// `squall.toml` providers by name, in order of preference.
+    Providers(Vec<String>),
 }
 
 #[derive(Debug, Clone)]
@@ -163,6 +165,8 @@ impl Campaign {
             })
         } else if source == "delivery.from" {
             Some(self.file.delivery.from.span())
+        } else if source == "delivery.providers" {
+            self.file.delivery.providers.as_ref().map(|p| p.span())
         } else {
             None
         };
@@ -264,29 +268,19 @@ fn check(
 
     // Delivery.
     let d = &file.delivery;
-    let transport = match d.transport.get_ref().as_str() {
-        "outbox" => Some(TransportSpec::Outbox),
-        "null" => Some(TransportSpec::Null),
-        other => {
-            match other
-                .strip_prefix("smtp://")
-                .and_then(|hp| hp.rsplit_once(':'))
-            {
-                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
-                    Some(TransportSpec::Smtp {
-                        host: host.to_string(),
-                        port: port.parse().unwrap(),
-                    })
-                }
-                _ => {
-                    problems.push(map.at_span(
-                    &d.transport.span(),
-                    format!("unknown transport `{other}`; use `outbox`, `null` or `smtp://host:port`"),
-                ));
-                    None
-                }
-            }
+    let explicit_transport = d.transport.span() != (0..0);
+    let transport = match &d.providers {
+        Some(p) if explicit_transport => {
+            problems
+                .push(map.at_span(&p.span(), "set either `transport` or `providers`, not both"));
+            None
         }
+        Some(p) if p.get_ref().is_empty() => {
+            problems.push(map.at_span(&p.span(), "`providers` names at least one provider"));
+            None
+        }
+        Some(p) => Some(TransportSpec::Providers(p.get_ref().clone())),
+        None => transport_spec(d, map, problems),
     };
     if c.channel == Channel::Email
         && d.from
@@ -354,7 +348,19 @@ fn check(
         defaults::PERSONALISER,
         problems,
     );
-    let sender = stage(&file.stages.sender, "sender", defaults::SENDER, problems);
+    // `[delivery] plugin` names the sender where it is configured.
+    let sender_source = match (&d.plugin, &file.stages.sender) {
+        (Some(p), Some(_)) => {
+            problems.push(map.at_span(
+                &p.span(),
+                "set the sender plugin once: either `[delivery] plugin` or `[stages] sender`",
+            ));
+            None
+        }
+        (Some(p), None) => Some(p.clone()),
+        (None, s) => s.clone(),
+    };
+    let sender = stage(&sender_source, "sender", defaults::SENDER, problems);
 
     // Audience: its header must carry the id and address fields.
     let a = &file.audience;
@@ -413,4 +419,36 @@ fn check(
             sender: sender?,
         },
     ))
+}
+
+/// A campaign's own `transport` setting.
+fn transport_spec(
+    d: &DeliverySection,
+    map: &SourceMap<'_>,
+    problems: &mut Vec<FileDiagnostic>,
+) -> Option<TransportSpec> {
+    match d.transport.get_ref().as_str() {
+        "outbox" => Some(TransportSpec::Outbox),
+        "null" => Some(TransportSpec::Null),
+        other => {
+            match other
+                .strip_prefix("smtp://")
+                .and_then(|hp| hp.rsplit_once(':'))
+            {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                    Some(TransportSpec::Smtp {
+                        host: host.to_string(),
+                        port: port.parse().unwrap(),
+                    })
+                }
+                _ => {
+                    problems.push(map.at_span(
+                    &d.transport.span(),
+                    format!("unknown transport `{other}`; use `outbox`, `null` or `smtp://host:port`"),
+                ));
+                    None
+                }
+            }
+        }
+    }
 }

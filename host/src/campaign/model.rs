@@ -93,13 +93,20 @@ pub struct DeliverySection {
     /// `outbox` (default), `smtp://host:port`, or `null` (discard; benchmarks).
     #[serde(default = "default_transport")]
     pub transport: Spanned<String>,
+    /// Instead of `transport`: providers defined in `squall.toml`, in order
+    /// of preference; a message fails over to the next when one is down.
+    pub providers: Option<Spanned<Vec<String>>>,
+    /// A custom sender component (the same as `[stages] sender`): it turns
+    /// each message into a request the providers above carry.
+    pub plugin: Option<Spanned<String>>,
     pub from: Spanned<String>,
     pub reply_to: Option<String>,
     /// Base of the one-click unsubscribe URL; the message id is appended.
     #[serde(default = "default_unsubscribe_url")]
     pub unsubscribe_url: String,
     pub unsubscribe_mailto: Option<String>,
-    /// Target of SMS and webhook requests.
+    /// Target of SMS and webhook requests: a URL, or a path resolved
+    /// against the provider's endpoint. Default: the provider's endpoint.
     pub endpoint: Option<String>,
     /// Parallel SMTP connections (pooled).
     #[serde(default = "default_connections")]

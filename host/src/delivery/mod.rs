@@ -1,9 +1,16 @@
 //! Executing delivery requests. The sender stage decides *what* to send;
 //! a transport sends it and classifies the outcome.
 
+pub mod breaker;
+pub mod chain;
+pub mod dkim;
+pub mod http;
+pub mod metrics;
 pub mod null;
 pub mod outbox;
 pub mod outcome;
+pub mod pacing;
+pub mod provider;
 pub mod smtp;
 
 use std::collections::HashSet;
@@ -29,6 +36,9 @@ pub struct OutboxRecord {
     pub subject: String,
     pub text: String,
     pub html: Option<String>,
+    /// SMS only: what the text costs (GSM-7 or UCS-2, and how many parts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sms_segments: Option<squall_pipeline_core::sms::Segments>,
 }
 
 /// One message ready to go: its ledger identity, its content, and the
@@ -43,6 +53,13 @@ pub struct Dispatch {
 #[async_trait]
 pub trait Transport: Send + Sync {
     fn name(&self) -> &'static str;
+
+    /// Whether the transport paces and times each attempt itself (network
+    /// transports do, through `pacing::Pacing`); the provider chain times
+    /// the others per batch.
+    fn paced(&self) -> bool {
+        false
+    }
 
     /// One outcome per dispatch, in order.
     async fn deliver(&self, batch: &[Dispatch]) -> Vec<Outcome>;

@@ -89,7 +89,7 @@ impl Transport for OutboxTransport {
         let mut buf = Vec::with_capacity(batch.len() * 512);
         for d in batch {
             if serde_json::to_writer(&mut buf, &d.record).is_err() {
-                return vec![Outcome::Transient("cannot encode outbox line".into()); batch.len()];
+                return vec![Outcome::transient("cannot encode outbox line"); batch.len()];
             }
             buf.push(b'\n');
         }
@@ -104,11 +104,11 @@ impl Transport for OutboxTransport {
             Ok(Ok(())) => vec![Outcome::Delivered; batch.len()],
             Ok(Err(e)) => {
                 vec![
-                    Outcome::Transient(format!("cannot write {}: {e}", self.path.display()));
+                    Outcome::transient(format!("cannot write {}: {e}", self.path.display()));
                     batch.len()
                 ]
             }
-            Err(e) => vec![Outcome::Transient(format!("outbox writer failed: {e}")); batch.len()],
+            Err(e) => vec![Outcome::transient(format!("outbox writer failed: {e}")); batch.len()],
         }
     }
 

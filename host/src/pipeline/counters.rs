@@ -12,6 +12,8 @@ pub struct RunCounters {
     pub rendered: AtomicU64,
     pub sent: AtomicU64,
     pub failed: AtomicU64,
+    /// Not sent: the address is on the suppression list.
+    pub suppressed: AtomicU64,
     pub skipped_already_sent: AtomicU64,
     pub dead_lettered: AtomicU64,
     /// CPU time spent inside each stage's Wasm calls, in microseconds.
@@ -35,6 +37,7 @@ impl RunCounters {
         [
             &self.sent,
             &self.failed,
+            &self.suppressed,
             &self.skipped_already_sent,
             &self.unsegmented,
             &self.rejected,

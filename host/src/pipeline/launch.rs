@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::backends::Backends;
 use super::counters::RunCounters;
 use super::intake::Intake;
-use super::prepare;
+use super::prepare::{self, PrepareError};
 use super::report::write_rejects;
 use super::run::RunError;
 use crate::campaign::{Bundle, Campaign};
@@ -37,6 +37,10 @@ pub async fn launch(
 ) -> Result<LaunchReport, RunError> {
     // Everything the stages would reject is reported before anything is
     // queued: a campaign that cannot run never starts.
+    let problems = super::transports::check_providers(&backends.config.providers, campaign);
+    if !problems.is_empty() {
+        return Err(PrepareError::Invalid(crate::campaign::Diagnostics(problems)).into());
+    }
     let engine = StageEngine::new(&campaign.file.limits.sandbox())?;
     prepare::stages(campaign, &engine)?;
     Ok(store_and_queue(campaign, backends, stop).await?)

@@ -19,6 +19,7 @@ pub mod run;
 pub mod service;
 pub mod stages;
 pub mod status;
+pub mod transports;
 pub mod worker;
 
 pub use run::{RunOptions, RunReport, run};

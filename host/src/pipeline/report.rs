@@ -20,6 +20,8 @@ pub struct Totals {
     pub per_variant: BTreeMap<String, u64>,
     pub sent: u64,
     pub failed: u64,
+    /// Not sent: the address was on the suppression list at send time.
+    pub suppressed: u64,
     /// Maybe sent by a worker that died mid-request; never sent again.
     pub in_doubt: u64,
     pub dead_lettered: u64,
@@ -40,7 +42,12 @@ impl Totals {
     /// unsegmented or dead-lettered): queued or being worked on.
     pub fn in_progress(&self) -> u64 {
         let valid = self.audience.saturating_sub(self.rejected);
-        let ended = self.sent + self.failed + self.in_doubt + self.unsegmented + self.dead_lettered;
+        let ended = self.sent
+            + self.failed
+            + self.suppressed
+            + self.in_doubt
+            + self.unsegmented
+            + self.dead_lettered;
         valid.saturating_sub(ended)
     }
 }
@@ -72,6 +79,7 @@ pub async fn totals(
         per_variant: segment.per_variant,
         sent: ledger.delivered,
         failed: ledger.failed,
+        suppressed: ledger.suppressed,
         in_doubt: ledger.in_doubt,
         dead_lettered: dead_letters.iter().map(|d| d.recipients).sum(),
         dead_letters,

@@ -15,12 +15,12 @@ use super::prepare::{self, PrepareError};
 use super::recovery::settle_in_doubt;
 use super::report::{Totals, totals, write_rejects};
 use super::stages::{PersonaliseProcessor, SegmentProcessor, SendProcessor, Shared};
+use super::transports::{OutboxPlace, Transports, check_providers};
 use super::worker::{self, WorkerContext};
-use crate::campaign::{Campaign, TransportSpec};
+use crate::campaign::{Campaign, Diagnostics, TransportSpec};
 use crate::delivery::Transport;
-use crate::delivery::null::NullTransport;
-use crate::delivery::outbox::OutboxTransport;
-use crate::delivery::smtp::SmtpTransport;
+use crate::delivery::metrics::ProviderStats;
+use crate::delivery::provider::ProviderConfig;
 use crate::queue::Queue;
 use crate::queue::embedded::EmbeddedQueue;
 use crate::runtime::StageEngine;
@@ -37,6 +37,8 @@ pub struct RunOptions {
     pub on_progress: Option<ProgressFn>,
     /// Set to stop early; the run exits cleanly and can be resumed.
     pub stop: Arc<AtomicBool>,
+    /// `[[provider]]` entries of `squall.toml`, for campaigns that name them.
+    pub providers: Vec<ProviderConfig>,
 }
 
 impl RunOptions {
@@ -46,6 +48,7 @@ impl RunOptions {
             personalise_workers: 2,
             on_progress: None,
             stop: Arc::new(AtomicBool::new(false)),
+            providers: Vec::new(),
         }
     }
 }
@@ -63,6 +66,8 @@ pub struct RunReport {
     pub outbox: Option<PathBuf>,
     pub rejects_file: PathBuf,
     pub stage_busy_ms: BTreeMap<String, u64>,
+    /// Per provider: attempts, outcomes, latency, circuit breaker.
+    pub providers: Vec<ProviderStats>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +80,10 @@ pub enum RunError {
 
 pub async fn run(campaign: &Campaign, opts: RunOptions) -> Result<RunReport, RunError> {
     let started = Instant::now();
+    let problems = check_providers(&opts.providers, campaign);
+    if !problems.is_empty() {
+        return Err(PrepareError::Invalid(Diagnostics(problems)).into());
+    }
     let engine = StageEngine::new(&campaign.file.limits.sandbox())?;
     let stages = prepare::stages(campaign, &engine)?;
     Ok(execute(campaign, stages, opts, started).await?)
@@ -111,18 +120,11 @@ async fn execute(
     let queue = Arc::new(EmbeddedQueue::open(&opts.data_dir.join("queue.sqlite"))?);
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&opts.data_dir)?);
     let outbox_path = opts.data_dir.join("outbox.jsonl");
-    let transport: Arc<dyn Transport> = match &campaign.transport {
-        TransportSpec::Outbox => Arc::new(
-            OutboxTransport::open(&outbox_path)
-                .with_context(|| format!("cannot open {}", outbox_path.display()))?,
-        ),
-        TransportSpec::Smtp { host, port } => Arc::new(SmtpTransport::new(
-            host,
-            *port,
-            campaign.file.delivery.connections,
-        )),
-        TransportSpec::Null => Arc::new(NullTransport),
-    };
+    let transports = Arc::new(Transports::new(
+        opts.providers.clone(),
+        OutboxPlace::File(outbox_path.clone()),
+    ));
+    let transport: Arc<dyn Transport> = transports.get(campaign)?;
 
     let id = campaign.id().to_string();
     let state = store.open_campaign(&id, &campaign.hash).await?;
@@ -258,6 +260,24 @@ async fn execute(
             }
         })
     });
+    // Provider figures reach the store every second, for `squall status`.
+    let save_stats = |transports: Arc<Transports>, store: Arc<dyn Store>, owner: String| async move {
+        let stats = transports.stats();
+        if !stats.is_empty()
+            && let Err(e) = store.save_provider_stats(&owner, &stats).await
+        {
+            tracing::debug!("could not save provider figures: {e}");
+        }
+    };
+    let stats_task = {
+        let (t, s, o) = (transports.clone(), store.clone(), owner.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                save_stats(t.clone(), s.clone(), o.clone()).await;
+            }
+        })
+    };
     let mut failure = None;
     while let Some(r) = tasks.join_next().await {
         if let Err(e) = r.map_err(anyhow::Error::from).and_then(|r| r) {
@@ -270,6 +290,8 @@ async fn execute(
     if let Some(p) = progress {
         p.abort();
     }
+    stats_task.abort();
+    save_stats(transports.clone(), store.clone(), owner.clone()).await;
     if let Some(e) = failure {
         return Err(e);
     }
@@ -287,6 +309,7 @@ async fn execute(
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     report.outbox = (campaign.transport == TransportSpec::Outbox).then_some(outbox_path);
     report.rejects_file = write_rejects(&*store, &opts.data_dir, &id).await?;
+    report.providers = transports.stats();
     for (stage, c) in [
         ("segment", &counters.segment_busy_us),
         ("personalise", &counters.personalise_busy_us),

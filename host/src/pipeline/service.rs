@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use serde::Serialize;
 
 use super::backends::Backends;
@@ -18,13 +17,11 @@ use super::envelope::{EnvelopeError, Head, PersonaliseEnvelope, SegmentEnvelope,
 use super::prepare;
 use super::recovery::settle_in_doubt;
 use super::stages::{PersonaliseProcessor, SegmentProcessor, SendProcessor, Shared};
+use super::transports::{OutboxPlace, Transports};
 use super::worker::{self, BatchFailure, Processor, WorkerContext, infra};
-use crate::campaign::{Bundle, Campaign, TransportSpec};
+use crate::campaign::{Bundle, Campaign};
 use crate::config::Stage;
 use crate::delivery::Transport;
-use crate::delivery::null::NullTransport;
-use crate::delivery::outbox::OutboxTransport;
-use crate::delivery::smtp::SmtpTransport;
 use crate::queue::{Delivery, Queue};
 use crate::runtime::StageEngine;
 use crate::store::Store;
@@ -88,12 +85,29 @@ pub async fn work(backends: &Backends, opts: WorkerOptions) -> anyhow::Result<Wo
         })
     };
 
+    let transports = Arc::new(Transports::new(
+        config.providers.clone(),
+        OutboxPlace::Shared {
+            dir: config.data_dir.join("outbox"),
+            worker: id.clone(),
+        },
+    ));
+    // Provider figures reach the store every second, for `squall status`.
+    let stats_task = {
+        let (transports, store, id) = (transports.clone(), backends.store.clone(), id.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                save_provider_stats(&transports, &*store, &id).await;
+            }
+        })
+    };
     let campaigns = Arc::new(Campaigns {
         stage: opts.stage,
         owner: id.clone(),
         data_dir: config.data_dir.clone(),
         store: backends.store.clone(),
-        transports: Default::default(),
+        transports: transports.clone(),
         loaded: Default::default(),
         engines: Default::default(),
     });
@@ -128,6 +142,8 @@ pub async fn work(backends: &Backends, opts: WorkerOptions) -> anyhow::Result<Wo
         }
     }
     lease.abort();
+    stats_task.abort();
+    save_provider_stats(&transports, &*backends.store, &id).await;
     // A clean exit settled everything it claimed: end the lease at once.
     if failure.is_none()
         && let Err(e) = backends.store.retire(&id).await
@@ -146,6 +162,15 @@ pub async fn work(backends: &Backends, opts: WorkerOptions) -> anyhow::Result<Wo
         skipped_already_sent: RunCounters::get(&counters.skipped_already_sent),
         dead_lettered: RunCounters::get(&counters.dead_lettered),
     })
+}
+
+async fn save_provider_stats(transports: &Transports, store: &dyn Store, worker: &str) {
+    let stats = transports.stats();
+    if !stats.is_empty()
+        && let Err(e) = store.save_provider_stats(worker, &stats).await
+    {
+        tracing::debug!("could not save provider figures: {e}");
+    }
 }
 
 enum Loaded {
@@ -171,36 +196,15 @@ struct Campaigns {
     owner: String,
     data_dir: PathBuf,
     store: Arc<dyn Store>,
-    /// One per destination: the outbox is one file per worker process.
-    transports: std::sync::Mutex<HashMap<TransportSpec, Arc<dyn Transport>>>,
+    /// One per destination, shared by the campaigns that use it; the
+    /// outbox is one file per worker process.
+    transports: Arc<Transports>,
     loaded: tokio::sync::Mutex<HashMap<String, Arc<Prepared>>>,
     /// Engines by sandbox limits: creating one reserves the instance pool.
     engines: std::sync::Mutex<HashMap<(u32, u64), Arc<StageEngine>>>,
 }
 
 impl Campaigns {
-    fn transport(&self, c: &Campaign) -> anyhow::Result<Arc<dyn Transport>> {
-        let mut made = self.transports.lock().unwrap();
-        if let Some(t) = made.get(&c.transport) {
-            return Ok(t.clone());
-        }
-        let t: Arc<dyn Transport> = match &c.transport {
-            TransportSpec::Outbox => {
-                let dir = self.data_dir.join("outbox");
-                Arc::new(
-                    OutboxTransport::open_shared(&dir, &self.owner)
-                        .with_context(|| format!("cannot open the outbox in {}", dir.display()))?,
-                )
-            }
-            TransportSpec::Smtp { host, port } => {
-                Arc::new(SmtpTransport::new(host, *port, c.file.delivery.connections))
-            }
-            TransportSpec::Null => Arc::new(NullTransport),
-        };
-        made.insert(c.transport.clone(), t.clone());
-        Ok(t)
-    }
-
     /// The campaign as currently stored, loading it if it is new here or
     /// its definition changed. One task loads; the others wait for it.
     async fn get(&self, campaign: &str) -> Result<Arc<Prepared>, BatchFailure> {
@@ -250,7 +254,10 @@ impl Campaigns {
         let stages = prepare::stages(&c, &engine).map_err(|e| fail(e.to_string()))?;
         let transport = match self.stage {
             Stage::Send => {
-                let t = self.transport(&c).map_err(|e| fail(format!("{e:#}")))?;
+                let t = self
+                    .transports
+                    .get(&c)
+                    .map_err(|e| fail(format!("{e:#}")))?;
                 // Claims a dead worker left open are settled before this
                 // worker sends anything of the campaign.
                 settle_in_doubt(&*self.store, &*t, campaign, &self.owner)

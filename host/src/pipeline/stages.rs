@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use squall_pipeline_core::ids::message_id;
 use squall_pipeline_core::message::{Channel, Outgoing};
@@ -18,7 +19,11 @@ use crate::queue::{Delivery, Queue};
 use crate::runtime::{
     PersonaliserStage, SegmenterStage, SenderStage, StageError, wit_types as wit,
 };
-use crate::store::{BatchStats, ClaimOutcome, LedgerClaim, LedgerKey, Settlement, Store};
+use crate::sqlite::now_ms;
+use crate::store::{
+    BatchStats, ClaimOutcome, LedgerClaim, LedgerKey, Settlement, Store, Suppression,
+    SuppressionReason, normalise_address,
+};
 
 /// What every processor shares.
 #[derive(Clone)]
@@ -418,6 +423,19 @@ impl SendProcessor {
     pub async fn process_envelope(&mut self, env: SendEnvelope) -> Result<(), BatchFailure> {
         let n = env.items.len() as u64;
         let shared = &self.shared;
+        // Checked before claiming, so that a failed look-up leaves nothing
+        // to clean up; a suppression landing between the two is caught by
+        // the next batch (the list is checked at every send, not once).
+        let addresses: Vec<String> = env
+            .items
+            .iter()
+            .map(|m| normalise_address(&m.address))
+            .collect();
+        let suppressed = shared
+            .store
+            .suppressed(&addresses)
+            .await
+            .map_err(|e| infra(e, n))?;
         let claims: Vec<LedgerClaim> = env
             .items
             .iter()
@@ -433,12 +451,23 @@ impl SendProcessor {
             .map_err(|e| infra(e, n))?;
         let mut busy = 0u64;
         let mut mine = Vec::new();
-        for (m, o) in env.items.into_iter().zip(outcomes) {
+        let mut skipped = Vec::new();
+        for ((m, o), address) in env.items.into_iter().zip(outcomes).zip(&addresses) {
             match o {
-                ClaimOutcome::Claimed => mine.push(m),
+                ClaimOutcome::Claimed => match suppressed.get(address) {
+                    Some(why) => skipped.push((
+                        ledger_key(&m),
+                        Settlement::Suppressed(format!("suppressed ({})", why.as_str())),
+                    )),
+                    None => mine.push(m),
+                },
                 ClaimOutcome::Settled => RunCounters::add(&shared.counters.skipped_already_sent, 1),
                 ClaimOutcome::Busy => busy += 1,
             }
+        }
+        if !skipped.is_empty() {
+            settle_surely(&*shared.store, &env.campaign, &self.owner, &skipped, n).await?;
+            RunCounters::add(&shared.counters.suppressed, skipped.len() as u64);
         }
         if !mine.is_empty() {
             self.send_claimed(&env.campaign, &env.batch, mine).await?;
@@ -527,6 +556,8 @@ impl SendProcessor {
                         segment: m.segment,
                         variant: m.variant,
                         subject: m.content.subject,
+                        sms_segments: (shared.channel == Channel::Sms)
+                            .then(|| squall_pipeline_core::sms::segments(&m.content.text)),
                         text: m.content.text,
                         html: m.content.html,
                     },
@@ -543,6 +574,9 @@ impl SendProcessor {
         }
         let outcomes = self.transport.deliver(&dispatches).await;
         let mut transient = Vec::new();
+        let mut unavailable = None;
+        let mut not_before = Duration::ZERO;
+        let mut bounced = Vec::new();
         for (d, o) in dispatches.iter().zip(outcomes) {
             match o {
                 Outcome::Delivered => {
@@ -557,13 +591,46 @@ impl SendProcessor {
                     settlements.push((d.key.clone(), Settlement::Failed(reason)));
                     RunCounters::add(&shared.counters.failed, 1);
                 }
-                Outcome::Transient(reason) => {
+                Outcome::HardBounce(reason) => {
+                    tracing::info!(
+                        recipient = d.record.recipient_id,
+                        "hard bounce, the address is suppressed from now on: {reason}"
+                    );
+                    bounced.push(Suppression {
+                        address: d.record.to.clone(),
+                        reason: SuppressionReason::HardBounce,
+                        detail: reason.clone(),
+                        campaign: Some(campaign.to_string()),
+                        at: now_ms(),
+                    });
+                    settlements.push((
+                        d.key.clone(),
+                        Settlement::Failed(format!("hard bounce: {reason}")),
+                    ));
+                    RunCounters::add(&shared.counters.failed, 1);
+                }
+                Outcome::Transient {
+                    reason,
+                    retry_after,
+                } => {
                     settlements.push((d.key.clone(), Settlement::Released));
+                    not_before = not_before.max(retry_after.unwrap_or_default());
                     transient.push(reason);
+                }
+                Outcome::Unavailable(reason) => {
+                    settlements.push((d.key.clone(), Settlement::Released));
+                    unavailable.get_or_insert(reason);
                 }
             }
         }
         settle_surely(&*shared.store, campaign, &self.owner, &settlements, n).await?;
+        if !bounced.is_empty() {
+            shared
+                .store
+                .suppress(&bounced)
+                .await
+                .map_err(|e| infra(e, n))?;
+        }
         for (item, reason, payload) in unbuildable {
             dead_letter_item(
                 &*shared.store,
@@ -577,16 +644,27 @@ impl SendProcessor {
             .await
             .map_err(|e| infra(e, n))?;
         }
+        if let Some(reason) = unavailable {
+            // Every provider is down: the batch waits, it is not at fault.
+            return Err(BatchFailure::Unavailable { reason });
+        }
         if let Some(first) = transient.first() {
             let distinct: HashSet<&String> = transient.iter().collect();
-            return Err(BatchFailure::Retry {
-                reason: format!(
-                    "{} message(s) failed transiently via {} ({} distinct reason(s)), e.g.: {first}",
-                    transient.len(),
-                    self.transport.name(),
-                    distinct.len()
-                ),
-                recipients: transient.len() as u64,
+            let reason = format!(
+                "{} message(s) failed transiently via {} ({} distinct reason(s)), e.g.: {first}",
+                transient.len(),
+                self.transport.name(),
+                distinct.len()
+            );
+            let recipients = transient.len() as u64;
+            return Err(if not_before > Duration::ZERO {
+                BatchFailure::Later {
+                    reason,
+                    recipients,
+                    after: not_before,
+                }
+            } else {
+                BatchFailure::Retry { reason, recipients }
             });
         }
         Ok(())

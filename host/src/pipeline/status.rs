@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::backends::Backends;
 use super::report::{Totals, totals};
 use crate::config::Stage;
+use crate::delivery::metrics::{BreakerState, ProviderStats};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
@@ -19,6 +20,11 @@ pub struct Status {
     /// See `Totals::in_progress`.
     pub in_progress: u64,
     pub complete: bool,
+    /// The deployment's providers (shared by its campaigns), every
+    /// worker's figures added up: attempts, outcomes, latency, breaker.
+    pub providers: Vec<ProviderStats>,
+    /// Why sending waits, when it does: every provider's breaker is open.
+    pub waiting: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -47,7 +53,7 @@ pub async fn status(backends: &Backends, campaign: &str) -> anyhow::Result<Statu
     for stage in Stage::ALL {
         let depth = backends.queue.depth(stage.name()).await?;
         let processed = match stage {
-            Stage::Send => totals.sent + totals.failed + totals.in_doubt,
+            Stage::Send => totals.sent + totals.failed + totals.suppressed + totals.in_doubt,
             other => store.stage_totals(campaign, other.name()).await?.recipients,
         };
         stages.insert(
@@ -67,7 +73,29 @@ pub async fn status(backends: &Backends, campaign: &str) -> anyhow::Result<Statu
         );
     }
     let in_progress = totals.in_progress();
+    let providers = store.provider_stats().await?;
+    let waiting = (!providers.is_empty()
+        && providers.iter().all(|p| p.breaker != BreakerState::Closed))
+    .then(|| {
+        let why: Vec<String> = providers
+            .iter()
+            .map(|p| {
+                format!(
+                    "`{}` is {}: {}",
+                    p.provider,
+                    p.breaker,
+                    p.breaker_reason.as_deref().unwrap_or("no reason recorded")
+                )
+            })
+            .collect();
+        format!(
+            "sending waits: no provider is available ({}); messages stay queued and go out when one is back",
+            why.join("; ")
+        )
+    });
     Ok(Status {
+        providers,
+        waiting,
         campaign: campaign.to_string(),
         intake_finished: state.intake_finished,
         stages,

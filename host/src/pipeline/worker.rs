@@ -17,6 +17,12 @@ use super::envelope::Head;
 pub enum BatchFailure {
     /// Might work next time (a trap, a timeout, a transient provider error).
     Retry { reason: String, recipients: u64 },
+    /// Like `Retry`, but not before `after` (a provider's `Retry-After`).
+    Later {
+        reason: String,
+        recipients: u64,
+        after: Duration,
+    },
     /// Will never work (undecodable); dead-lettered at once.
     Poison { reason: String, recipients: u64 },
     /// The queue or the store is unreachable: nothing is wrong with the
@@ -262,7 +268,9 @@ async fn handle<P: Processor>(
         );
         match outcome {
             Err(BatchFailure::Unavailable { reason }) if !ctx.stop.load(Ordering::Relaxed) => {
-                backoff.wait("state store or queue", &reason).await;
+                backoff
+                    .wait("a dependency (store, queue or providers)", &reason)
+                    .await;
             }
             Err(BatchFailure::Unavailable { reason }) => {
                 tracing::warn!(
@@ -281,6 +289,14 @@ async fn handle<P: Processor>(
             other => break other,
         }
     };
+    let (outcome, not_before) = match outcome {
+        Err(BatchFailure::Later {
+            reason,
+            recipients,
+            after,
+        }) => (Err(BatchFailure::Retry { reason, recipients }), after),
+        other => (other, Duration::ZERO),
+    };
     let done = match outcome {
         Ok(()) => {
             ctx.queue
@@ -298,7 +314,8 @@ async fn handle<P: Processor>(
                 n => Duration::from_millis(500u64 << (n - 1).min(7))
                     .min(Duration::from_secs(60))
                     .mul_f64(0.5 + rand::random::<f64>() * 0.5),
-            };
+            }
+            .max(not_before);
             tracing::warn!(
                 stage = processor.stage(),
                 attempt = delivery.receive_count,
@@ -331,8 +348,12 @@ async fn handle<P: Processor>(
                 other => return other,
             }
         }
-        Err(BatchFailure::Unavailable { .. } | BatchFailure::Busy { .. }) => {
-            unreachable!("waited out above")
+        Err(
+            BatchFailure::Unavailable { .. }
+            | BatchFailure::Busy { .. }
+            | BatchFailure::Later { .. },
+        ) => {
+            unreachable!("waited out or turned into a retry above")
         }
     };
     match done {

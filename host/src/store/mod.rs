@@ -10,12 +10,13 @@
 pub mod postgres;
 pub mod sqlite;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::audience::Reject;
+pub use crate::delivery::metrics::ProviderStats;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CampaignState {
@@ -125,6 +126,8 @@ pub enum Settlement {
     Delivered,
     /// Failed for good; never retried.
     Failed(String),
+    /// Not sent, never to be: the address is on the suppression list.
+    Suppressed(String),
     /// Not sent; the claim is dropped so a retry may send it.
     Released,
     /// Maybe sent (the worker died mid-request, the transport cannot tell):
@@ -143,6 +146,64 @@ pub struct LedgerTotals {
     pub delivered: u64,
     pub failed: u64,
     pub in_doubt: u64,
+    pub suppressed: u64,
+}
+
+/// Why an address is never sent to again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SuppressionReason {
+    Unsubscribed,
+    HardBounce,
+    Complaint,
+    Manual,
+}
+
+impl SuppressionReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuppressionReason::Unsubscribed => "unsubscribed",
+            SuppressionReason::HardBounce => "hard-bounce",
+            SuppressionReason::Complaint => "complaint",
+            SuppressionReason::Manual => "manual",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SuppressionReason> {
+        [
+            SuppressionReason::Unsubscribed,
+            SuppressionReason::HardBounce,
+            SuppressionReason::Complaint,
+            SuppressionReason::Manual,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+}
+
+/// One entry of the suppression list. Addresses are kept normalised (see
+/// `normalise_address`), so `Ana@Example.org` and `ana@example.org` are one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suppression {
+    pub address: String,
+    pub reason: SuppressionReason,
+    /// What happened, e.g. the bounce's SMTP reply.
+    pub detail: String,
+    /// The campaign it came from, if any.
+    pub campaign: Option<String>,
+    /// Unix milliseconds.
+    pub at: i64,
+}
+
+/// Email addresses compare case-insensitively in practice (providers treat
+/// the local part so), phone numbers and keys as they are.
+pub fn normalise_address(a: &str) -> String {
+    let a = a.trim();
+    if a.contains('@') {
+        a.to_lowercase()
+    } else {
+        a.to_string()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,6 +327,47 @@ pub trait Store: Send + Sync {
     ) -> Result<(), StoreError>;
 
     async fn ledger_totals(&self, campaign: &str) -> Result<LedgerTotals, StoreError>;
+
+    /// Adds (or updates the reason of) suppression entries.
+    async fn suppress(&self, entries: &[Suppression]) -> Result<(), StoreError>;
+
+    /// Removes addresses from the list; returns how many were on it.
+    async fn unsuppress(&self, addresses: &[String]) -> Result<u64, StoreError>;
+
+    /// Of these (normalised) addresses, the ones suppressed, with why.
+    async fn suppressed(
+        &self,
+        addresses: &[String],
+    ) -> Result<HashMap<String, SuppressionReason>, StoreError>;
+
+    /// The whole list, oldest first.
+    async fn suppressions(&self) -> Result<Vec<Suppression>, StoreError>;
+
+    /// A worker's cumulative provider figures (replacing its last save).
+    async fn save_provider_stats(
+        &self,
+        worker: &str,
+        stats: &[ProviderStats],
+    ) -> Result<(), StoreError>;
+
+    /// Every worker's provider figures, added up per provider.
+    async fn provider_stats(&self) -> Result<Vec<ProviderStats>, StoreError>;
+}
+
+/// Adds up saved per-worker figures per provider, in name order.
+pub(crate) fn merge_provider_stats(
+    rows: impl IntoIterator<Item = ProviderStats>,
+) -> Vec<ProviderStats> {
+    let mut by: std::collections::BTreeMap<String, ProviderStats> = Default::default();
+    for r in rows {
+        match by.get_mut(&r.provider) {
+            Some(m) => m.merge(&r),
+            None => {
+                by.insert(r.provider.clone(), r);
+            }
+        }
+    }
+    by.into_values().collect()
 }
 
 /// One test per contract case for a backend: `$setup` is an async fn giving
@@ -343,7 +445,8 @@ pub(crate) mod contract {
             LedgerTotals {
                 delivered: 1,
                 failed: 0,
-                in_doubt: 0
+                in_doubt: 0,
+                suppressed: 0,
             }
         );
     }
@@ -372,7 +475,8 @@ pub(crate) mod contract {
             LedgerTotals {
                 delivered: 1,
                 failed: 0,
-                in_doubt: 1
+                in_doubt: 1,
+                suppressed: 0,
             }
         );
         assert!(s.unsettled("c", "alive").await.unwrap().is_empty());
@@ -486,7 +590,8 @@ pub(crate) mod contract {
             LedgerTotals {
                 delivered: 0,
                 failed: 1,
-                in_doubt: 1
+                in_doubt: 1,
+                suppressed: 0,
             }
         );
     }

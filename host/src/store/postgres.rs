@@ -148,20 +148,25 @@ async fn settle_batch(
     let mut fr = Vec::new();
     let mut fm = Vec::new();
     let mut reasons = Vec::new();
+    let mut states = Vec::new();
     for (k, s) in settled {
-        if let Settlement::Failed(reason) = s {
-            fr.push(k.recipient_id.clone());
-            fm.push(k.message_key.clone());
-            reasons.push(reason.clone());
-        }
+        let (state, reason) = match s {
+            Settlement::Failed(r) => ("failed", r),
+            Settlement::Suppressed(r) => ("suppressed", r),
+            _ => continue,
+        };
+        fr.push(k.recipient_id.clone());
+        fm.push(k.message_key.clone());
+        reasons.push(reason.clone());
+        states.push(state);
     }
     if !fr.is_empty() {
         tx.execute(
-            "UPDATE ledger AS l SET state = 'failed', detail = f.reason, updated_at = $6
-             FROM unnest($3::text[], $4::text[], $5::text[]) AS f(recipient_id, message_key, reason)
+            "UPDATE ledger AS l SET state = f.state, detail = f.reason, updated_at = $6
+             FROM unnest($3::text[], $4::text[], $5::text[], $7::text[]) AS f(recipient_id, message_key, reason, state)
              WHERE l.campaign = $1 AND l.state = 'claimed' AND ($2::text IS NULL OR l.owner = $2)
                AND l.recipient_id = f.recipient_id AND l.message_key = f.message_key",
-            &[&campaign, &owner, &fr, &fm, &reasons, &now],
+            &[&campaign, &owner, &fr, &fm, &reasons, &now, &states],
         )
         .await?;
     }
@@ -570,10 +575,126 @@ impl Store for PostgresStore {
                 "delivered" => totals.delivered = n,
                 "failed" => totals.failed = n,
                 "in_doubt" => totals.in_doubt = n,
+                "suppressed" => totals.suppressed = n,
                 _ => {}
             }
         }
         Ok(totals)
+    }
+
+    async fn suppress(&self, entries: &[Suppression]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let addresses: Vec<String> = entries
+            .iter()
+            .map(|e| normalise_address(&e.address))
+            .collect();
+        let reasons: Vec<&str> = entries.iter().map(|e| e.reason.as_str()).collect();
+        let details: Vec<&str> = entries.iter().map(|e| e.detail.as_str()).collect();
+        let campaigns: Vec<Option<&str>> = entries.iter().map(|e| e.campaign.as_deref()).collect();
+        let ats: Vec<i64> = entries.iter().map(|e| e.at).collect();
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO suppressions (address, reason, detail, campaign, at)
+                 SELECT DISTINCT ON (a) a, r, d, c, t FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) AS e(a, r, d, c, t)
+                 ON CONFLICT (address) DO UPDATE SET reason = excluded.reason, detail = excluded.detail,
+                   campaign = excluded.campaign, at = excluded.at",
+                &[&addresses, &reasons, &details, &campaigns, &ats],
+            )
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn unsuppress(&self, addresses: &[String]) -> Result<u64, StoreError> {
+        let list: Vec<String> = addresses.iter().map(|a| normalise_address(a)).collect();
+        self.client()
+            .await?
+            .execute("DELETE FROM suppressions WHERE address = ANY($1)", &[&list])
+            .await
+            .map_err(err)
+    }
+
+    async fn suppressed(
+        &self,
+        addresses: &[String],
+    ) -> Result<HashMap<String, SuppressionReason>, StoreError> {
+        if addresses.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT address, reason FROM suppressions WHERE address = ANY($1)",
+                &[&addresses],
+            )
+            .await
+            .map_err(err)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    SuppressionReason::parse(r.get(1)).unwrap_or(SuppressionReason::Manual),
+                )
+            })
+            .collect())
+    }
+
+    async fn suppressions(&self) -> Result<Vec<Suppression>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT address, reason, detail, campaign, at FROM suppressions ORDER BY at, address",
+                &[],
+            )
+            .await
+            .map_err(err)?;
+        Ok(rows
+            .iter()
+            .map(|r| Suppression {
+                address: r.get(0),
+                reason: SuppressionReason::parse(r.get(1)).unwrap_or(SuppressionReason::Manual),
+                detail: r.get(2),
+                campaign: r.get(3),
+                at: r.get(4),
+            })
+            .collect())
+    }
+
+    async fn save_provider_stats(
+        &self,
+        worker: &str,
+        stats: &[ProviderStats],
+    ) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        for s in stats {
+            let json = serde_json::to_string(s).map_err(|e| StoreError::Other(e.to_string()))?;
+            c.execute(
+                "INSERT INTO provider_stats (worker, provider, stats, updated_at) VALUES ($1, $2, ($3::text)::jsonb, $4)
+                 ON CONFLICT (worker, provider) DO UPDATE SET stats = excluded.stats, updated_at = excluded.updated_at",
+                &[&worker, &s.provider, &json, &now_ms()],
+            )
+            .await
+            .map_err(err)?;
+        }
+        Ok(())
+    }
+
+    async fn provider_stats(&self) -> Result<Vec<ProviderStats>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query("SELECT stats::text FROM provider_stats", &[])
+            .await
+            .map_err(err)?;
+        Ok(merge_provider_stats(rows.iter().filter_map(|r| {
+            serde_json::from_str(r.get::<_, &str>(0)).ok()
+        })))
     }
 }
 

@@ -45,6 +45,20 @@ CREATE TABLE IF NOT EXISTS dead_letter_records (
     recorded_at INTEGER NOT NULL,
     PRIMARY KEY (campaign, stage, item)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS suppressions (
+    address TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    campaign TEXT,
+    at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS provider_stats (
+    worker TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    stats TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (worker, provider)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS bundles (
     campaign TEXT NOT NULL,
     hash TEXT NOT NULL,
@@ -69,7 +83,7 @@ CREATE TABLE IF NOT EXISTS ledger (
     recipient_id TEXT NOT NULL,
     message_key TEXT NOT NULL,
     message_id TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('claimed', 'delivered', 'failed', 'in_doubt')),
+    state TEXT NOT NULL CHECK (state IN ('claimed', 'delivered', 'failed', 'in_doubt', 'suppressed')),
     owner TEXT NOT NULL,
     detail TEXT,
     updated_at INTEGER NOT NULL,
@@ -129,13 +143,18 @@ fn settle_batch(
             Settlement::Delivered => delivered.push(pair),
             Settlement::InDoubt => in_doubt.push(pair),
             Settlement::Released => released.push(pair),
-            Settlement::Failed(reason) => {
+            Settlement::Failed(reason) | Settlement::Suppressed(reason) => {
+                let state = if matches!(s, Settlement::Failed(_)) {
+                    "failed"
+                } else {
+                    "suppressed"
+                };
                 tx.prepare_cached(
-                    "UPDATE ledger SET state = 'failed', detail = ?4, updated_at = ?5
+                    "UPDATE ledger SET state = ?7, detail = ?4, updated_at = ?5
                      WHERE campaign = ?1 AND recipient_id = ?2 AND message_key = ?3 AND state = 'claimed'
                        AND (?6 IS NULL OR owner = ?6)",
                 )?
-                .execute(params![campaign, key.recipient_id, key.message_key, reason, now_ms(), owner])?;
+                .execute(params![campaign, key.recipient_id, key.message_key, reason, now_ms(), owner, state])?;
             }
         }
     }
@@ -586,6 +605,7 @@ impl Store for SqliteStore {
                         "delivered" => totals.delivered = n,
                         "failed" => totals.failed = n,
                         "in_doubt" => totals.in_doubt = n,
+                        "suppressed" => totals.suppressed = n,
                         _ => {}
                     }
                 }
@@ -593,6 +613,134 @@ impl Store for SqliteStore {
             })
             .await
             .map_err(err)
+    }
+
+    async fn suppress(&self, entries: &[Suppression]) -> Result<(), StoreError> {
+        let entries = entries.to_vec();
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                for e in &entries {
+                    tx.prepare_cached(
+                        "INSERT INTO suppressions (address, reason, detail, campaign, at) VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT (address) DO UPDATE SET reason = excluded.reason, detail = excluded.detail,
+                           campaign = excluded.campaign, at = excluded.at",
+                    )?
+                    .execute(params![normalise_address(&e.address), e.reason.as_str(), e.detail, e.campaign, e.at])?;
+                }
+                tx.commit()
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn unsuppress(&self, addresses: &[String]) -> Result<u64, StoreError> {
+        let list: Vec<String> = addresses.iter().map(|a| normalise_address(a)).collect();
+        self.db
+            .call(move |conn| {
+                conn.execute(
+                    "DELETE FROM suppressions WHERE address IN (SELECT value FROM json_each(?1))",
+                    params![serde_json::to_string(&list).unwrap_or_default()],
+                )
+                .map(|n| n as u64)
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn suppressed(
+        &self,
+        addresses: &[String],
+    ) -> Result<HashMap<String, SuppressionReason>, StoreError> {
+        if addresses.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let list = serde_json::to_string(addresses).unwrap_or_default();
+        self.db
+            .call(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT address, reason FROM suppressions WHERE address IN (SELECT value FROM json_each(?1))",
+                )?;
+                let rows = stmt.query_map(params![list], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })?;
+                let mut out = HashMap::new();
+                for row in rows {
+                    let (a, r) = row?;
+                    out.insert(a, SuppressionReason::parse(&r).unwrap_or(SuppressionReason::Manual));
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn suppressions(&self) -> Result<Vec<Suppression>, StoreError> {
+        self.db
+            .call(move |conn| {
+                let mut stmt = conn.prepare(
+                    "SELECT address, reason, detail, campaign, at FROM suppressions ORDER BY at, address",
+                )?;
+                let rows = stmt.query_map([], |r| {
+                    Ok(Suppression {
+                        address: r.get(0)?,
+                        reason: SuppressionReason::parse(&r.get::<_, String>(1)?)
+                            .unwrap_or(SuppressionReason::Manual),
+                        detail: r.get(2)?,
+                        campaign: r.get(3)?,
+                        at: r.get(4)?,
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn save_provider_stats(
+        &self,
+        worker: &str,
+        stats: &[ProviderStats],
+    ) -> Result<(), StoreError> {
+        let worker = worker.to_string();
+        let rows: Vec<(String, String)> = stats
+            .iter()
+            .map(|s| {
+                (
+                    s.provider.clone(),
+                    serde_json::to_string(s).unwrap_or_default(),
+                )
+            })
+            .collect();
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                for (provider, json) in &rows {
+                    tx.prepare_cached(
+                        "INSERT INTO provider_stats (worker, provider, stats, updated_at) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (worker, provider) DO UPDATE SET stats = excluded.stats, updated_at = excluded.updated_at",
+                    )?
+                    .execute(params![worker, provider, json, now_ms()])?;
+                }
+                tx.commit()
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn provider_stats(&self) -> Result<Vec<ProviderStats>, StoreError> {
+        let rows: Vec<String> = self
+            .db
+            .call(move |conn| {
+                let mut stmt = conn.prepare("SELECT stats FROM provider_stats")?;
+                let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+                rows.collect()
+            })
+            .await
+            .map_err(err)?;
+        Ok(merge_provider_stats(
+            rows.iter().filter_map(|j| serde_json::from_str(j).ok()),
+        ))
     }
 }
 
