@@ -509,3 +509,54 @@ fn a_poisoned_batch_ends_in_the_dead_letter_queue_with_its_reason() {
     assert_eq!(per_stage["segment"]["dead_letter_batches"], 0);
     assert_eq!(per_stage["segment"]["queued_batches"], 1);
 }
+
+/// One worker per stage serves every campaign of a deployment: hostile
+/// plugins (an infinite loop, a memory bomb, a trap) in three of them
+/// cost those campaigns their batches, with the reasons, while the fourth
+/// campaign is sent in full by the same worker processes.
+#[test]
+fn hostile_plugins_fail_their_own_campaigns_and_the_others_keep_sending() {
+    let mut d = Deployment::embedded();
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let limits = "timeout_ms = 300\nmemory_mb = 32\nmax_attempts = 2";
+    let hostile = [
+        ("loop", "time limit of 300 ms"),
+        ("bomb", "memory limit of 32 MiB"),
+        ("trap", "segmenter trapped"),
+    ];
+    for ((mode, _), dir) in hostile.iter().zip(&dirs) {
+        d.launch(&hostile_campaign(
+            dir.path(),
+            &format!("hostile-{mode}"),
+            mode,
+            limits,
+        ));
+    }
+    let campaign = spring_sale_copy(dirs[3].path(), 1_500, "outbox", "");
+    d.launch(&campaign);
+    for stage in ["segment", "personalise", "send"] {
+        d.start_worker(stage, stage);
+    }
+    let status = d.wait_until("spring-sale", Duration::from_secs(300), complete);
+    let eligible = eligible_ids(&dirs[3].path().join("audience.csv"));
+    assert_eq!(status["sent"], eligible.len() as u64, "{status}");
+    assert_eq!(status["dead_lettered"], 0);
+    for (mode, reason) in hostile {
+        let s = d.wait_until(
+            &format!("hostile-{mode}"),
+            Duration::from_secs(120),
+            complete,
+        );
+        assert_eq!(s["sent"], 0, "{s}");
+        assert_eq!(s["dead_lettered"], 3, "{s}");
+        let why = s["dead_letters"][0]["reason"].as_str().unwrap();
+        assert!(why.contains(reason), "{mode}: {why}");
+    }
+    // The workers are still there, and stop cleanly.
+    d.stop_workers();
+    let ids: BTreeSet<String> = exactly_once(&d.outbox())
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    assert_eq!(ids, eligible);
+}

@@ -22,6 +22,10 @@ impl Drop for Sink {
 
 /// smtp-sink from Debian's `postfix` package, dumping each message to `dump`.
 fn smtp_sink(dump: &Path, extra: &[&str]) -> Sink {
+    smtp_sink_on(free_port(), dump, extra)
+}
+
+fn smtp_sink_on(port: u16, dump: &Path, extra: &[&str]) -> Sink {
     let bin = ["/usr/sbin/smtp-sink", "/usr/bin/smtp-sink"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -33,7 +37,6 @@ fn smtp_sink(dump: &Path, extra: &[&str]) -> Sink {
         .arg(dump)
         .status()
         .unwrap();
-    let port = free_port();
     let child = Command::new(bin)
         .args(["-u", "postfix", "-d"])
         .arg(format!("{}/%M.", dump.display()))
@@ -144,4 +147,429 @@ fn a_sink_that_rejects_with_5xx_fails_messages_for_good_and_does_not_retry() {
     assert_eq!(report["sent"], 0);
     assert_eq!(report["failed"], eligible as u64);
     assert_eq!(report["dead_lettered"], 0);
+}
+
+/// tests/servers/flaky_smtp.py (aiosmtpd): turns the recipients whose
+/// address ends in an even digit away with a 4xx once (`flaky`) or a
+/// 550 5.1.1 always (`unknown`), and logs what it accepts.
+struct FaultyServer {
+    child: Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Drop for FaultyServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn faulty_smtp(dir: &Path, mode: &str) -> FaultyServer {
+    let port = free_port();
+    let log = dir.join(format!("{mode}-accepted.jsonl"));
+    let child = Command::new("python3")
+        .arg(repo().join("tests/servers/flaky_smtp.py"))
+        .arg(port.to_string())
+        .arg(&log)
+        .arg(mode)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start python3 tests/servers/flaky_smtp.py (needs `pip install aiosmtpd`; .ci/run does)");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flaky_smtp.py did not start (is aiosmtpd installed?)"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    FaultyServer { child, port, log }
+}
+
+fn accepted(log: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn even_address(a: &str) -> bool {
+    let local = a.split('@').next().unwrap();
+    local
+        .chars()
+        .last()
+        .and_then(|c| c.to_digit(10))
+        .is_some_and(|d| d % 2 == 0)
+}
+
+fn eligible_addresses(dir: &Path) -> Vec<String> {
+    expected_spring_sale(&dir.join("audience.csv"))
+        .recipients
+        .values()
+        .filter(|r| r.2.is_some())
+        .map(|r| r.0.clone())
+        .collect()
+}
+
+#[test]
+fn a_server_that_answers_4xx_to_part_of_the_traffic_gets_every_message_once_after_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = faulty_smtp(dir.path(), "flaky");
+    let campaign = spring_sale_copy(
+        dir.path(),
+        300,
+        &format!("smtp://127.0.0.1:{}", server.port),
+        "",
+    );
+    let eligible = eligible_addresses(dir.path());
+    let turned_away = eligible.iter().filter(|a| even_address(a)).count();
+    assert!(turned_away > 50, "the test needs traffic to turn away");
+
+    let (out, report) = run_json(&campaign, &dir.path().join("data"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(report["sent"], eligible.len() as u64, "{report}");
+    assert_eq!(report["failed"], 0);
+    assert_eq!(report["dead_lettered"], 0);
+
+    let got = accepted(&server.log);
+    let ids: std::collections::HashSet<&str> = got
+        .iter()
+        .map(|l| l["message_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        got.len(),
+        eligible.len(),
+        "one delivery per eligible recipient"
+    );
+    assert_eq!(ids.len(), got.len(), "no message delivered twice");
+    // The 4xx were retried by the host, each counted once as transient.
+    let p = provider(&report, &format!("smtp://127.0.0.1:{}", server.port));
+    assert_eq!(p["transient"], turned_away as u64, "{p}");
+    assert_eq!(p["delivered"], eligible.len() as u64);
+    assert_eq!(p["breaker"], "closed");
+}
+
+#[test]
+fn a_hard_bounce_suppresses_the_address_for_every_later_campaign() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = faulty_smtp(dir.path(), "unknown");
+    let campaign = spring_sale_copy(
+        dir.path(),
+        200,
+        &format!("smtp://127.0.0.1:{}", server.port),
+        "",
+    );
+    let eligible = eligible_addresses(dir.path());
+    let bouncing: Vec<&String> = eligible.iter().filter(|a| even_address(a)).collect();
+    let (out, report) = run_json(&campaign, &data);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(report["failed"], bouncing.len() as u64, "{report}");
+    assert_eq!(report["sent"], (eligible.len() - bouncing.len()) as u64);
+    assert_eq!(accepted(&server.log).len(), eligible.len() - bouncing.len());
+
+    let list = squall()
+        .args(["suppress", "list", "--json"])
+        .env("SQUALL_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&list.stdout).unwrap();
+    let mut suppressed: Vec<&str> = list
+        .iter()
+        .map(|s| s["address"].as_str().unwrap())
+        .collect();
+    suppressed.sort();
+    let mut want: Vec<&str> = bouncing.iter().map(|a| a.as_str()).collect();
+    want.sort();
+    assert_eq!(suppressed, want);
+    assert!(list.iter().all(|s| s["reason"] == "hard-bounce"
+        && s["campaign"] == "spring-sale"
+        && s["detail"].as_str().unwrap().contains("5.1.1")));
+
+    // The next campaign, through a server that would take everything,
+    // sends the bounced addresses nothing.
+    let sink_dump = dir.path().join("dump");
+    let sink = smtp_sink(&sink_dump, &[]);
+    let text = std::fs::read_to_string(&campaign)
+        .unwrap()
+        .replace("id = \"spring-sale\"", "id = \"summer-sale\"")
+        .replace(
+            &format!("smtp://127.0.0.1:{}", server.port),
+            &format!("smtp://127.0.0.1:{}", sink.port),
+        );
+    std::fs::write(&campaign, text).unwrap();
+    let (out, report) = run_json(&campaign, &data);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(report["suppressed"], bouncing.len() as u64, "{report}");
+    assert_eq!(report["sent"], (eligible.len() - bouncing.len()) as u64);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while dumped(&sink_dump).len() < eligible.len() - bouncing.len()
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let delivered = dumped(&sink_dump);
+    assert_eq!(delivered.len(), eligible.len() - bouncing.len());
+    for a in &bouncing {
+        assert!(
+            !delivered
+                .iter()
+                .any(|m| m.contains(&format!("To: <{a}>")) || m.contains(&format!("To: {a}"))),
+            "{a} bounced before and must not be sent to again"
+        );
+    }
+}
+
+fn message_ids(dump: &Path) -> Vec<String> {
+    dumped(dump)
+        .iter()
+        .filter_map(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("Message-ID: ").map(str::to_string))
+        })
+        .collect()
+}
+
+/// Two smtp-sinks as `primary` and `backup` providers, throttled so that
+/// the campaign takes some seconds. The primary is killed mid-campaign and
+/// started again: its breaker opens, traffic moves to the backup, a
+/// half-open probe finds the primary back and traffic returns to it.
+#[test]
+fn when_the_primary_dies_the_backup_takes_over_and_the_primary_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dump_a, dump_a2, dump_b) = (
+        dir.path().join("primary"),
+        dir.path().join("primary-again"),
+        dir.path().join("backup"),
+    );
+    let port_a = free_port();
+    let primary = smtp_sink_on(port_a, &dump_a, &[]);
+    let backup = smtp_sink(&dump_b, &[]);
+    let provider = |name: &str, port: u16| {
+        format!(
+            r#"
+[[provider]]
+name = "{name}"
+kind = "smtp"
+endpoint = "smtp://127.0.0.1:{port}"
+tls = "none"
+rate_per_second = 150
+concurrency = 4
+timeout = "2s"
+attempts = 2
+breaker = {{ failure_rate = 0.5, min_requests = 4, window = "3s", cooldown = "500ms" }}
+"#
+        )
+    };
+    let config = dir.path().join("squall.toml");
+    std::fs::write(
+        &config,
+        provider("primary", port_a) + &provider("backup", backup.port),
+    )
+    .unwrap();
+    let campaign = spring_sale_with_providers(dir.path(), 3_000, &["primary", "backup"], "");
+    let eligible = eligible_addresses(dir.path());
+
+    let child = squall()
+        .args(["run", "--json", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg(&campaign)
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let wait_for = |what: &str, cond: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !cond() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting: {what}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("the primary to carry traffic", &|| {
+        dumped(&dump_a).len() >= 300
+    });
+    drop(primary);
+    let at_kill = dumped(&dump_b).len();
+    wait_for("the backup to take over", &|| {
+        dumped(&dump_b).len() >= at_kill + 300
+    });
+    let primary_again = smtp_sink_on(port_a, &dump_a2, &[]);
+    wait_for("traffic to return to the primary", &|| {
+        !dumped(&dump_a2).is_empty()
+    });
+
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["sent"], eligible.len() as u64, "{report}");
+    assert_eq!(report["failed"], 0);
+    assert_eq!(report["dead_lettered"], 0);
+
+    // Every eligible recipient exactly once, across the three sinks.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let all = || {
+        let mut ids = message_ids(&dump_a);
+        ids.extend(message_ids(&dump_a2));
+        ids.extend(message_ids(&dump_b));
+        ids
+    };
+    while all().len() < eligible.len() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ids = all();
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(
+        unique.len(),
+        eligible.len(),
+        "every eligible recipient got a message"
+    );
+    assert_eq!(ids.len(), eligible.len(), "nobody got one twice");
+    assert!(
+        dumped(&dump_a2).len() > 100,
+        "the primary carried traffic again"
+    );
+
+    let p = support::provider(&report, "primary");
+    assert_eq!(p["breaker"], "closed", "{p}");
+    assert!(p["transient"].as_u64().unwrap() > 0, "{p}");
+    let b = support::provider(&report, "backup");
+    assert_eq!(b["breaker"], "closed", "{b}");
+    assert_eq!(
+        p["delivered"].as_u64().unwrap() + b["delivered"].as_u64().unwrap(),
+        eligible.len() as u64
+    );
+    drop(primary_again);
+}
+
+/// A provider with `dkim` signs every message; a receiver's DKIM check
+/// (dkimpy, with the public key instead of DNS) passes on each one.
+#[test]
+fn dkim_signed_mail_verifies_at_the_receiver() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("dkim.pem");
+    let ok = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&key)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(ok.success());
+    let public = Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(public.status.success());
+    use base64::Engine as _;
+    let public = base64::engine::general_purpose::STANDARD.encode(&public.stdout);
+
+    let dump = dir.path().join("dump");
+    let sink = smtp_sink(&dump, &[]);
+    let config = dir.path().join("squall.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[provider]]
+name = "signed"
+kind = "smtp"
+endpoint = "smtp://127.0.0.1:{}"
+tls = "none"
+dkim = {{ domain = "example.com", selector = "s2027", private_key_file = "{}" }}
+"#,
+            sink.port,
+            key.display()
+        ),
+    )
+    .unwrap();
+    let campaign = spring_sale_with_providers(dir.path(), 30, &["signed"], "");
+    let eligible = eligible_addresses(dir.path());
+    let (out, report) = run_json_with(&campaign, &dir.path().join("data"), Some(&config), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(report["sent"], eligible.len() as u64, "{report}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while dumped(&dump).len() < eligible.len() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(&dump)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), eligible.len());
+    let verified = Command::new("python3")
+        .arg(repo().join("tests/servers/dkim_verify.py"))
+        .arg(&public)
+        .args(&files)
+        .output()
+        .expect("python3 tests/servers/dkim_verify.py (needs `pip install dkimpy`; .ci/run does)");
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    let results: Vec<serde_json::Value> = String::from_utf8_lossy(&verified.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), files.len());
+    for r in &results {
+        assert_eq!(r["ok"], true, "DKIM does not verify: {r}");
+        assert_eq!(r["d"], "example.com");
+        assert_eq!(r["s"], "s2027");
+    }
+    // The check is real: a changed subject no longer verifies.
+    let tampered = dir.path().join("tampered");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    std::fs::write(
+        &tampered,
+        text.replacen("Subject: ", "Subject: FREE MONEY ", 1),
+    )
+    .unwrap();
+    let again = Command::new("python3")
+        .arg(repo().join("tests/servers/dkim_verify.py"))
+        .arg(&public)
+        .arg(&tampered)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&again.stdout).contains("\"ok\": false"));
 }

@@ -2,6 +2,8 @@
 //! binary, temporary campaigns, real services.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -30,13 +32,28 @@ pub fn hostile_plugin() -> PathBuf {
 }
 
 pub fn run_json(campaign: &Path, data_dir: &Path) -> (Output, serde_json::Value) {
-    let out = squall()
-        .args(["run", "--json", "--data-dir"])
+    run_json_with(campaign, data_dir, None, &[])
+}
+
+/// `squall run --json`, with a squall.toml (for its providers) and extra
+/// environment (provider credentials).
+pub fn run_json_with(
+    campaign: &Path,
+    data_dir: &Path,
+    config: Option<&Path>,
+    env: &[(&str, &str)],
+) -> (Output, serde_json::Value) {
+    let mut cmd = squall();
+    cmd.args(["run", "--json", "--data-dir"])
         .arg(data_dir)
-        .arg(campaign)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run squall");
+        .arg(campaign);
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.stdin(Stdio::null()).output().expect("run squall");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
         panic!(
@@ -117,6 +134,19 @@ pub fn expected_spring_sale(audience: &Path) -> ExpectedSpringSale {
     }
 }
 
+/// The example custom sender plugin, built with the default components.
+pub fn acme_gateway_plugin() -> PathBuf {
+    Path::new(env!("SQUALL_COMPONENTS_DIR")).join("squall_example_acme_gateway.wasm")
+}
+
+/// The provider figures of a run report, by provider name.
+pub fn provider<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["providers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["provider"] == name))
+        .unwrap_or_else(|| panic!("no figures for provider {name} in {report}"))
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -195,4 +225,21 @@ pub fn eligible_ids(audience: &Path) -> std::collections::BTreeSet<String> {
         .filter(|(_, r)| r.2.is_some())
         .map(|(id, _)| id)
         .collect()
+}
+
+/// Like `spring_sale_copy`, but delivering through `squall.toml` providers.
+pub fn spring_sale_with_providers(
+    dir: &Path,
+    rows: usize,
+    providers: &[&str],
+    extra: &str,
+) -> PathBuf {
+    let path = spring_sale_copy(dir, rows, "outbox", extra);
+    let list: Vec<String> = providers.iter().map(|p| format!("\"{p}\"")).collect();
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "transport = \"outbox\"",
+        &format!("providers = [{}]", list.join(", ")),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
 }
