@@ -229,6 +229,22 @@ fn small_audience(dir: &Path, n: usize) -> Vec<(String, String)> {
     people
 }
 
+/// `squall run` with the webhook signing key in its environment.
+fn run_signed(campaign: &Path, dir: &Path, config: &Path) -> serde_json::Value {
+    let (out, report) = run_json_with(
+        campaign,
+        &dir.join("data"),
+        Some(config),
+        &[("TEST_WEBHOOK_KEY", KEY)],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    report
+}
+
 fn webhook_provider(dir: &Path, name: &str, endpoint: &str) -> std::path::PathBuf {
     write(
         &dir.join("squall.toml"),
@@ -287,17 +303,7 @@ from = "shop"
 "#,
     );
     let config = webhook_provider(dir.path(), "crm", &server.url("/hooks/squall"));
-    let (out, report) = run_json_with(
-        &campaign,
-        &dir.path().join("data"),
-        Some(&config),
-        &[("TEST_WEBHOOK_KEY", KEY)],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let report = run_signed(&campaign, dir.path(), &config);
     assert_eq!(report["sent"], 40, "{report}");
 
     let reqs = server.requests();
@@ -376,17 +382,7 @@ fn the_example_custom_sender_plugin_delivers_a_campaign_end_to_end() {
     let campaign = acme_campaign(dir.path(), "shop-news");
     let config = webhook_provider(dir.path(), "acme", &server.url("/"));
 
-    let (out, report) = run_json_with(
-        &campaign,
-        &dir.path().join("data"),
-        Some(&config),
-        &[("TEST_WEBHOOK_KEY", KEY)],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let report = run_signed(&campaign, dir.path(), &config);
     assert_eq!(report["sent"], 25, "{report}");
     assert_eq!(report["failed"], 0);
 
@@ -423,17 +419,7 @@ fn the_example_custom_sender_plugin_delivers_a_campaign_end_to_end() {
     assert_eq!(recipients, want);
 
     // Run again: the campaign is done, nothing goes out twice.
-    let (out, report) = run_json_with(
-        &campaign,
-        &dir.path().join("data"),
-        Some(&config),
-        &[("TEST_WEBHOOK_KEY", KEY)],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let report = run_signed(&campaign, dir.path(), &config);
     assert_eq!(report["sent"], 25, "{report}");
     assert_eq!(server.requests().len(), 25);
 }

@@ -166,6 +166,10 @@ impl Drop for FaultyServer {
 }
 
 fn faulty_smtp(dir: &Path, mode: &str) -> FaultyServer {
+    faulty_smtp_with(dir, mode, &[])
+}
+
+fn faulty_smtp_with(dir: &Path, mode: &str, extra: &[&Path]) -> FaultyServer {
     let port = free_port();
     let log = dir.join(format!("{mode}-accepted.jsonl"));
     let child = Command::new("python3")
@@ -173,6 +177,7 @@ fn faulty_smtp(dir: &Path, mode: &str) -> FaultyServer {
         .arg(port.to_string())
         .arg(&log)
         .arg(mode)
+        .args(extra)
         .stdout(Stdio::null())
         .spawn()
         .expect("start python3 tests/servers/flaky_smtp.py (needs `pip install aiosmtpd`; .ci/run does)");
@@ -572,4 +577,243 @@ dkim = {{ domain = "example.com", selector = "s2027", private_key_file = "{}" }}
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&again.stdout).contains("\"ok\": false"));
+}
+
+/// Both providers down from the start: nothing is dropped or dead-lettered
+/// (a batch may be tried only once here), `squall status` says why sending
+/// waits, and everything goes out once a provider is back.
+#[test]
+fn when_every_provider_is_down_messages_wait_and_status_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port_a, port_b) = (free_port(), free_port());
+    let provider = |name: &str, port: u16| {
+        format!(
+            r#"
+[[provider]]
+name = "{name}"
+kind = "smtp"
+endpoint = "smtp://127.0.0.1:{port}"
+tls = "none"
+attempts = 1
+timeout = "2s"
+breaker = {{ failure_rate = 0.5, min_requests = 2, cooldown = "300ms" }}
+"#
+        )
+    };
+    let config = dir.path().join("squall.toml");
+    std::fs::write(
+        &config,
+        provider("primary", port_a) + &provider("backup", port_b),
+    )
+    .unwrap();
+    let campaign = spring_sale_with_providers(
+        dir.path(),
+        400,
+        &["primary", "backup"],
+        "\n[limits]\nmax_attempts = 1\n",
+    );
+    let eligible = eligible_addresses(dir.path());
+    let data = dir.path().join("data");
+    let child = squall()
+        .args(["run", "--json", "--data-dir"])
+        .arg(&data)
+        .arg(&campaign)
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `None` until the run has opened the campaign.
+    let try_status = || {
+        let out = squall()
+            .args(["status", "--json", "spring-sale"])
+            .env("SQUALL_DATA_DIR", &data)
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap())
+    };
+    let status = || try_status().expect("squall status answers once the run is going");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let waiting = loop {
+        let s = try_status().unwrap_or_default();
+        if s["waiting"].is_string() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status never said why: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let why = waiting["waiting"].as_str().unwrap();
+    assert!(why.contains("no provider is available"), "{why}");
+    assert!(
+        why.contains("`primary`") && why.contains("`backup`"),
+        "{why}"
+    );
+    assert_eq!(waiting["sent"], 0);
+    assert_eq!(waiting["dead_lettered"], 0, "{waiting}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(status()["dead_lettered"], 0, "waiting is not failing");
+
+    // The backup comes up: everything goes out, once.
+    let dump = dir.path().join("dump");
+    let _backup = smtp_sink_on(port_b, &dump, &[]);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["sent"], eligible.len() as u64, "{report}");
+    assert_eq!(report["dead_lettered"], 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while dumped(&dump).len() < eligible.len() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ids = message_ids(&dump);
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!((ids.len(), unique.len()), (eligible.len(), eligible.len()));
+    assert!(status()["waiting"].is_null());
+}
+
+/// A relay that insists on STARTTLS and AUTH, with a certificate from a
+/// private CA: a provider with `tls = "required"`, the CA in
+/// `tls_ca_file` and credentials from the environment gets every message
+/// through, encrypted and logged in.
+#[test]
+fn starttls_and_auth_with_credentials_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    // A private CA and a server certificate it signed, as an internal
+    // relay would have.
+    let p = |f: &str| dir.path().join(f);
+    let (ca, ca_key, cert, key) = (p("ca.pem"), p("ca.key"), p("cert.pem"), p("key.pem"));
+    std::fs::write(
+        p("leaf.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let openssl = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    openssl(&[
+        os("req"),
+        os("-x509"),
+        os("-newkey"),
+        os("rsa:2048"),
+        os("-nodes"),
+        os("-days"),
+        os("1"),
+        os("-subj"),
+        os("/CN=Squall test CA"),
+        os("-keyout"),
+        ca_key.as_os_str(),
+        os("-out"),
+        ca.as_os_str(),
+    ]);
+    openssl(&[
+        os("req"),
+        os("-newkey"),
+        os("rsa:2048"),
+        os("-nodes"),
+        os("-subj"),
+        os("/CN=localhost"),
+        os("-keyout"),
+        key.as_os_str(),
+        os("-out"),
+        p("leaf.csr").as_os_str(),
+    ]);
+    openssl(&[
+        os("x509"),
+        os("-req"),
+        os("-days"),
+        os("1"),
+        os("-in"),
+        p("leaf.csr").as_os_str(),
+        os("-CA"),
+        ca.as_os_str(),
+        os("-CAkey"),
+        ca_key.as_os_str(),
+        os("-CAcreateserial"),
+        os("-extfile"),
+        p("leaf.ext").as_os_str(),
+        os("-out"),
+        cert.as_os_str(),
+    ]);
+    let server = faulty_smtp_with(dir.path(), "tls-auth", &[&cert, &key]);
+    let config = dir.path().join("squall.toml");
+    let provider = |user_env: &str| {
+        format!(
+            r#"
+[[provider]]
+name = "relay"
+kind = "smtp"
+endpoint = "smtp://localhost:{}"
+tls = "required"
+tls_ca_file = "{}"
+username_env = "{user_env}"
+password_env = "TEST_SMTP_PASSWORD"
+attempts = 1
+"#,
+            server.port,
+            ca.display()
+        )
+    };
+    std::fs::write(&config, provider("TEST_SMTP_USER")).unwrap();
+    let campaign = spring_sale_with_providers(dir.path(), 40, &["relay"], "");
+    let eligible = eligible_addresses(dir.path());
+    let (out, report) = run_json_with(
+        &campaign,
+        &dir.path().join("data"),
+        Some(&config),
+        &[
+            ("TEST_SMTP_USER", "squall"),
+            ("TEST_SMTP_PASSWORD", "s3cret"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(report["sent"], eligible.len() as u64, "{report}");
+    let got = accepted(&server.log);
+    assert_eq!(got.len(), eligible.len());
+    assert!(
+        got.iter()
+            .all(|m| m["tls"] == true && m["login"] == "squall"),
+        "every message under TLS, logged in: {got:?}"
+    );
+
+    // A credential variable that is not set is an error before anything is sent.
+    std::fs::write(&config, provider("TEST_SMTP_NOBODY")).unwrap();
+    let out = squall()
+        .args(["run", "--json", "--data-dir"])
+        .arg(dir.path().join("data2"))
+        .arg(&campaign)
+        .arg("--config")
+        .arg(&config)
+        .env_remove("TEST_SMTP_NOBODY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("TEST_SMTP_NOBODY") && err.contains("not set"),
+        "{err}"
+    );
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::breaker::Permit;
+use super::metrics::BreakerState;
 use super::provider::Provider;
 use super::{Dispatch, Outcome, Transport};
 
@@ -181,8 +182,18 @@ impl Transport for ProviderChain {
                 .through(p, batch, pending, &mut done, &mut last, &mut tried)
                 .await;
         }
+        // Every breaker open (some perhaps just now, by this batch's own
+        // failures): the providers are down, not the messages at fault. The
+        // batch waits without spending an attempt, so an outage of any
+        // length dead-letters nothing.
+        let all_down = self
+            .providers
+            .iter()
+            .all(|p| p.breaker.state().0 != BreakerState::Closed);
         let leftover = match last {
-            Some(Outcome::Transient { reason, .. }) if !tried => Outcome::Unavailable(reason),
+            Some(Outcome::Transient { reason, .. }) if !tried || all_down => {
+                Outcome::Unavailable(reason)
+            }
             Some(o) => o,
             None => Outcome::Unavailable("no provider is available".into()),
         };

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use hmac::{KeyInit, Mac};
 use reqwest::Url;
 use squall_pipeline_core::message::DeliveryRequest;
@@ -181,13 +180,8 @@ impl Transport for HttpTransport {
     }
 
     async fn deliver(&self, batch: &[Dispatch]) -> Vec<Outcome> {
-        let attempts: Vec<_> = batch
-            .iter()
-            .map(|d| self.pacing.attempt(self.send_one(d)))
-            .collect();
-        futures::stream::iter(attempts)
-            .buffered(self.pacing.concurrency)
-            .collect()
+        self.pacing
+            .each(batch.iter().map(|d| self.send_one(d)))
             .await
     }
 

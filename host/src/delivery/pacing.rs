@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::Semaphore;
 
+use futures::StreamExt;
+
 use super::Outcome;
 use super::metrics::ProviderMetrics;
 
@@ -58,5 +60,18 @@ impl Pacing {
         let outcome = attempt.await;
         self.metrics.record(&outcome, started.elapsed());
         outcome
+    }
+
+    /// Runs the attempts, paced, at most `concurrency` at once; outcomes
+    /// in the order given.
+    pub async fn each<F>(&self, attempts: impl Iterator<Item = F>) -> Vec<Outcome>
+    where
+        F: Future<Output = Outcome>,
+    {
+        let paced: Vec<_> = attempts.map(|a| self.attempt(a)).collect();
+        futures::stream::iter(paced)
+            .buffered(self.concurrency)
+            .collect()
+            .await
     }
 }

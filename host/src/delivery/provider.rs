@@ -58,6 +58,9 @@ pub struct ProviderConfig {
     /// `required` (STARTTLS or fail), `wrapper` (implicit TLS), `none`.
     #[serde(default)]
     pub tls: TlsMode,
+    /// SMTP: a CA certificate (PEM file) trusted besides the system's
+    /// roots, for relays with certificates from a private CA.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// Attempts per second from this process; unset is unlimited.
     pub rate_per_second: Option<f64>,
     /// Attempts in flight at once (SMTP: pooled connections).
@@ -126,6 +129,7 @@ impl ProviderConfig {
             password_env: None,
             secret_env: None,
             tls: TlsMode::None,
+            tls_ca_file: None,
             rate_per_second: None,
             concurrency: connections,
             timeout: default_timeout(),
@@ -258,6 +262,15 @@ impl ProviderConfig {
                         credentials,
                         timeout: self.timeout,
                         pacing: pacing.clone(),
+                        extra_ca: self
+                            .tls_ca_file
+                            .as_ref()
+                            .map(|f| {
+                                std::fs::read(f).map_err(|e| {
+                                    self.invalid(format!("cannot read {}: {e}", f.display()))
+                                })
+                            })
+                            .transpose()?,
                         dkim: self
                             .dkim
                             .as_ref()

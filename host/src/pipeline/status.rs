@@ -42,9 +42,10 @@ pub struct StageStatus {
 
 pub async fn status(backends: &Backends, campaign: &str) -> anyhow::Result<Status> {
     let store = &*backends.store;
-    if store.bundle_hash(campaign).await?.is_none() {
+    // A `squall run` leaves no bundle, only the campaign's state.
+    if !store.campaign_known(campaign).await? && store.bundle_hash(campaign).await?.is_none() {
         anyhow::bail!(
-            "campaign `{campaign}` was never launched against this store; check the campaign id and --config"
+            "campaign `{campaign}` was never launched or run against this store; check the campaign id and --config"
         );
     }
     let state = store.open_campaign(campaign, "").await?;

@@ -319,6 +319,9 @@ pub trait Store: Send + Sync {
     /// (has the campaign changed? was it launched at all?).
     async fn bundle_hash(&self, campaign: &str) -> Result<Option<String>, StoreError>;
 
+    /// Whether a run or a launch ever opened this campaign here.
+    async fn campaign_known(&self, campaign: &str) -> Result<bool, StoreError>;
+
     /// Resolves claims of dead owners (see `unsettled`).
     async fn resolve(
         &self,

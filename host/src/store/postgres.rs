@@ -532,6 +532,16 @@ impl Store for PostgresStore {
         Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
+    async fn campaign_known(&self, campaign: &str) -> Result<bool, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt("SELECT 1 FROM campaigns WHERE id = $1", &[&campaign])
+            .await
+            .map_err(err)?;
+        Ok(row.is_some())
+    }
+
     async fn bundle_hash(&self, campaign: &str) -> Result<Option<String>, StoreError> {
         let row = self
             .client()

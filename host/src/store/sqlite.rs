@@ -557,6 +557,20 @@ impl Store for SqliteStore {
             .map_err(err)
     }
 
+    async fn campaign_known(&self, campaign: &str) -> Result<bool, StoreError> {
+        let c = campaign.to_string();
+        self.db
+            .call(move |conn| {
+                conn.query_row("SELECT 1 FROM campaigns WHERE id = ?1", params![c], |_| {
+                    Ok(())
+                })
+                .optional()
+            })
+            .await
+            .map(|r| r.is_some())
+            .map_err(err)
+    }
+
     async fn bundle_hash(&self, campaign: &str) -> Result<Option<String>, StoreError> {
         let c = campaign.to_string();
         self.db
