@@ -386,7 +386,10 @@ macro_rules! contract_tests {
             bundles_are_kept_by_hash,
             duplicate_ids_are_told_apart_from_rereads,
             batch_stats_count_once_per_batch,
-            a_message_twice_in_one_batch_is_claimed_once);
+            a_message_twice_in_one_batch_is_claimed_once,
+            the_suppression_list_is_kept_by_normalised_address,
+            provider_figures_of_every_worker_add_up,
+            a_campaign_is_known_once_opened);
     };
     (@each $setup:path; $($case:ident),*) => {$(
         #[tokio::test]
@@ -597,5 +600,72 @@ pub(crate) mod contract {
                 suppressed: 0,
             }
         );
+    }
+
+    pub(crate) async fn the_suppression_list_is_kept_by_normalised_address(s: &dyn Store) {
+        let entry = |address: &str, reason| Suppression {
+            address: address.into(),
+            reason,
+            detail: "550 5.1.1".into(),
+            campaign: Some("c".into()),
+            at: 1,
+        };
+        s.suppress(&[
+            entry("Ana@Example.org", SuppressionReason::HardBounce),
+            entry("+4915112345678", SuppressionReason::Manual),
+        ])
+        .await
+        .unwrap();
+        // A second entry for an address updates its reason.
+        s.suppress(&[entry("ana@example.org ", SuppressionReason::Complaint)])
+            .await
+            .unwrap();
+        let asked: Vec<String> = ["ana@example.org", "+4915112345678", "bob@example.org"]
+            .map(String::from)
+            .to_vec();
+        let found = s.suppressed(&asked).await.unwrap();
+        assert_eq!(found.len(), 2);
+        assert_eq!(found["ana@example.org"], SuppressionReason::Complaint);
+        assert_eq!(found["+4915112345678"], SuppressionReason::Manual);
+        let all = s.suppressions().await.unwrap();
+        assert_eq!(all.len(), 2);
+        assert!(all.iter().any(|e| e.address == "ana@example.org"
+            && e.campaign.as_deref() == Some("c")
+            && e.detail == "550 5.1.1"));
+        let removed = s
+            .unsuppress(&["ANA@example.org".into(), "nobody@example.org".into()])
+            .await
+            .unwrap();
+        assert_eq!(removed, 1);
+        assert!(s.suppressed(&asked).await.unwrap().len() == 1);
+    }
+
+    pub(crate) async fn provider_figures_of_every_worker_add_up(s: &dyn Store) {
+        use crate::delivery::Outcome;
+        use crate::delivery::metrics::ProviderMetrics;
+        use std::time::Duration;
+        let a = ProviderMetrics::new("primary", "smtp");
+        a.record(&Outcome::Delivered, Duration::from_millis(2));
+        a.record(&Outcome::transient("451"), Duration::from_millis(9));
+        let b = ProviderMetrics::new("primary", "smtp");
+        b.record(&Outcome::Delivered, Duration::from_millis(2));
+        s.save_provider_stats("w1", &[a.snapshot()]).await.unwrap();
+        s.save_provider_stats("w2", &[b.snapshot()]).await.unwrap();
+        // A later save replaces the worker's earlier one, it is not added.
+        a.record(&Outcome::Delivered, Duration::from_millis(2));
+        s.save_provider_stats("w1", &[a.snapshot()]).await.unwrap();
+        let all = s.provider_stats().await.unwrap();
+        assert_eq!(all.len(), 1);
+        let p = &all[0];
+        assert_eq!(
+            (p.provider.as_str(), p.attempts, p.delivered, p.transient),
+            ("primary", 4, 3, 1)
+        );
+    }
+
+    pub(crate) async fn a_campaign_is_known_once_opened(s: &dyn Store) {
+        assert!(!s.campaign_known("fresh").await.unwrap());
+        s.open_campaign("fresh", "h").await.unwrap();
+        assert!(s.campaign_known("fresh").await.unwrap());
     }
 }
