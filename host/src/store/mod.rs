@@ -7,6 +7,8 @@
 //! that is never settled (the worker died) is *in doubt* and is resolved by
 //! asking the transport, or else never sent again: at most once, always.
 
+pub mod control;
+pub mod engagement;
 pub mod postgres;
 pub mod sqlite;
 
@@ -17,6 +19,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::audience::Reject;
 pub use crate::delivery::metrics::ProviderStats;
+pub use control::{Control, ControlAction, ControlState, Parked, Scope};
+pub use engagement::{
+    Conversion, ConversionCount, Engagement, EngagementCount, EngagementKind, LedgerBreakdown,
+    MessageRef, SentMessage,
+};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CampaignState {
@@ -128,6 +135,9 @@ pub enum Settlement {
     Failed(String),
     /// Not sent, never to be: the address is on the suppression list.
     Suppressed(String),
+    /// Not sent, never to be: its campaign (or segment, variant) was
+    /// cancelled while it was queued.
+    Cancelled(String),
     /// Not sent; the claim is dropped so a retry may send it.
     Released,
     /// Maybe sent (the worker died mid-request, the transport cannot tell):
@@ -147,6 +157,22 @@ pub struct LedgerTotals {
     pub failed: u64,
     pub in_doubt: u64,
     pub suppressed: u64,
+    #[serde(default)]
+    pub cancelled: u64,
+}
+
+impl LedgerTotals {
+    /// Adds one ledger state's count.
+    pub(crate) fn add(&mut self, state: &str, n: u64) {
+        match state {
+            "delivered" => self.delivered += n,
+            "failed" => self.failed += n,
+            "in_doubt" => self.in_doubt += n,
+            "suppressed" => self.suppressed += n,
+            "cancelled" => self.cancelled += n,
+            _ => {}
+        }
+    }
 }
 
 /// Why an address is never sent to again.
@@ -216,7 +242,7 @@ pub struct DeadLetterRecord {
     pub payload: String,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("state store unavailable: {0}")]
     Unavailable(String),
@@ -355,6 +381,80 @@ pub trait Store: Send + Sync {
 
     /// Every worker's provider figures, added up per provider.
     async fn provider_stats(&self) -> Result<Vec<ProviderStats>, StoreError>;
+
+    /// Every campaign opened here, oldest first.
+    async fn campaigns(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Ledger rows by `segment/variant` and state.
+    async fn ledger_breakdown(&self, campaign: &str) -> Result<Vec<LedgerBreakdown>, StoreError>;
+
+    /// Messages delivered since `since` (Unix ms), per `bucket_ms`: (bucket
+    /// start, count), oldest first, empty buckets left out.
+    async fn delivered_series(
+        &self,
+        campaign: &str,
+        since: i64,
+        bucket_ms: i64,
+    ) -> Result<Vec<(i64, u64)>, StoreError>;
+
+    /// The ledger's row for a message id (a bounce names the Message-ID).
+    async fn sent_message(&self, message_id: &str) -> Result<Option<SentMessage>, StoreError>;
+
+    /// The last message delivered to a recipient within [since, until].
+    async fn last_delivered(
+        &self,
+        recipient_id: &str,
+        since: i64,
+        until: i64,
+    ) -> Result<Option<SentMessage>, StoreError>;
+
+    /// The key that signs tracking links: made at random on first use and
+    /// the same for every process that shares this store.
+    async fn tracking_key(&self) -> Result<Vec<u8>, StoreError>;
+
+    /// Records events; for each, whether it is new (not a repeat of one
+    /// already stored, which only adds a hit).
+    async fn record_engagement(&self, events: &[Engagement]) -> Result<Vec<bool>, StoreError>;
+
+    async fn engagement(&self, campaign: &str) -> Result<Vec<EngagementCount>, StoreError>;
+
+    /// Records a conversion; false if its event id was recorded before.
+    async fn record_conversion(&self, conversion: &Conversion) -> Result<bool, StoreError>;
+
+    /// Conversions attributed to the campaign, by type.
+    async fn conversions(&self, campaign: &str) -> Result<Vec<ConversionCount>, StoreError>;
+
+    /// Pauses, resumes or cancels part of a campaign. A resume lifts every
+    /// pause within its scope; a cancel is final.
+    async fn control(
+        &self,
+        campaign: &str,
+        scope: &Scope,
+        action: ControlAction,
+        reason: &str,
+    ) -> Result<(), StoreError>;
+
+    async fn controls(&self, campaign: &str) -> Result<Vec<Control>, StoreError>;
+
+    /// Keeps a paused batch until a resume; idempotent by its id.
+    async fn park(&self, parked: &Parked) -> Result<(), StoreError>;
+
+    /// Up to `limit` parked batches no worker is putting back right now,
+    /// oldest first.
+    async fn parked(&self, limit: u32) -> Result<Vec<Parked>, StoreError>;
+
+    /// Takes parked batches for putting back, for `lease`; returns the ids
+    /// taken (another worker may have been first).
+    async fn take_parked(
+        &self,
+        ids: &[String],
+        lease: std::time::Duration,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Forgets parked batches once they are back in their queue.
+    async fn unpark(&self, ids: &[String]) -> Result<(), StoreError>;
+
+    async fn parked_count(&self, campaign: &str) -> Result<u64, StoreError>;
 }
 
 /// Adds up saved per-worker figures per provider, in name order.
@@ -389,7 +489,13 @@ macro_rules! contract_tests {
             a_message_twice_in_one_batch_is_claimed_once,
             the_suppression_list_is_kept_by_normalised_address,
             provider_figures_of_every_worker_add_up,
-            a_campaign_is_known_once_opened);
+            a_campaign_is_known_once_opened,
+            engagement_counts_each_message_once,
+            conversions_are_idempotent_and_attributed,
+            the_tracking_key_is_made_once,
+            a_cancel_is_final_and_a_resume_lifts_pauses_within_its_scope,
+            a_parked_batch_is_taken_by_one_worker,
+            sent_messages_are_found_by_id_and_by_recipient);
     };
     (@each $setup:path; $($case:ident),*) => {$(
         #[tokio::test]
@@ -453,6 +559,7 @@ pub(crate) mod contract {
                 failed: 0,
                 in_doubt: 0,
                 suppressed: 0,
+                cancelled: 0,
             }
         );
     }
@@ -483,6 +590,7 @@ pub(crate) mod contract {
                 failed: 0,
                 in_doubt: 1,
                 suppressed: 0,
+                ..Default::default()
             }
         );
         assert!(s.unsettled("c", "alive").await.unwrap().is_empty());
@@ -598,6 +706,7 @@ pub(crate) mod contract {
                 failed: 1,
                 in_doubt: 1,
                 suppressed: 0,
+                ..Default::default()
             }
         );
     }
@@ -667,5 +776,192 @@ pub(crate) mod contract {
         assert!(!s.campaign_known("fresh").await.unwrap());
         s.open_campaign("fresh", "h").await.unwrap();
         assert!(s.campaign_known("fresh").await.unwrap());
+    }
+
+    fn reference(message: &str, segment: &str, variant: &str) -> MessageRef {
+        MessageRef {
+            campaign: "c".into(),
+            message_id: message.into(),
+            recipient_id: format!("r-{message}"),
+            segment: segment.into(),
+            variant: variant.into(),
+            wave: 0,
+        }
+    }
+
+    fn event(message: &str, kind: EngagementKind, machine: bool) -> Engagement {
+        Engagement {
+            message: reference(message, "vip", "a"),
+            kind,
+            detail: String::new(),
+            machine,
+            at: 1,
+        }
+    }
+
+    pub(crate) async fn engagement_counts_each_message_once(s: &dyn Store) {
+        use EngagementKind::*;
+        let new = s
+            .record_engagement(&[
+                event("m1", Open, false),
+                event("m1", Open, false),
+                event("m1", Open, true),
+                event("m2", Open, false),
+                event("m1", Click, false),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(new, vec![true, false, true, true, true]);
+        assert_eq!(
+            s.record_engagement(&[event("m2", Open, false)])
+                .await
+                .unwrap(),
+            vec![false]
+        );
+        let counts = s.engagement("c").await.unwrap();
+        let find = |kind, machine| {
+            counts
+                .iter()
+                .find(|c| c.kind == kind && c.machine == machine)
+                .map(|c| (c.messages, c.hits))
+        };
+        assert_eq!(find(Open, false), Some((2, 4)));
+        assert_eq!(find(Open, true), Some((1, 1)));
+        assert_eq!(find(Click, false), Some((1, 1)));
+        assert!(s.engagement("other").await.unwrap().is_empty());
+    }
+
+    pub(crate) async fn conversions_are_idempotent_and_attributed(s: &dyn Store) {
+        let conversion = |id: &str, recipient: &str| Conversion {
+            event_id: id.into(),
+            kind: "purchase".into(),
+            recipient_id: recipient.into(),
+            properties: serde_json::json!({"amount": 42}),
+            at: 5,
+            attributed: Some(reference(recipient, "vip", "b")),
+        };
+        assert!(s.record_conversion(&conversion("e1", "r1")).await.unwrap());
+        assert!(!s.record_conversion(&conversion("e1", "r1")).await.unwrap());
+        assert!(s.record_conversion(&conversion("e2", "r1")).await.unwrap());
+        assert!(s.record_conversion(&conversion("e3", "r2")).await.unwrap());
+        let counts = s.conversions("c").await.unwrap();
+        assert_eq!(counts.len(), 1);
+        assert_eq!(
+            (
+                counts[0].variant.as_str(),
+                counts[0].events,
+                counts[0].recipients
+            ),
+            ("b", 3, 2)
+        );
+    }
+
+    pub(crate) async fn the_tracking_key_is_made_once(s: &dyn Store) {
+        let k = s.tracking_key().await.unwrap();
+        assert_eq!(k.len(), 32);
+        assert_eq!(s.tracking_key().await.unwrap(), k);
+    }
+
+    pub(crate) async fn a_cancel_is_final_and_a_resume_lifts_pauses_within_its_scope(
+        s: &dyn Store,
+    ) {
+        use control::decide;
+        let seg = |name: &str| Scope {
+            segment: Some(name.into()),
+            variant: None,
+        };
+        s.control("c", &seg("vip"), ControlAction::Pause, "test")
+            .await
+            .unwrap();
+        let vip_b = Scope {
+            segment: Some("vip".into()),
+            variant: Some("b".into()),
+        };
+        s.control("c", &vip_b, ControlAction::Pause, "test")
+            .await
+            .unwrap();
+        s.control("c", &seg("newcomers"), ControlAction::Cancel, "test")
+            .await
+            .unwrap();
+        let cs = s.controls("c").await.unwrap();
+        assert_eq!(decide(&cs, "vip", "a"), Some(ControlState::Paused));
+        assert_eq!(decide(&cs, "newcomers", "a"), Some(ControlState::Cancelled));
+        assert_eq!(decide(&cs, "regulars", "a"), None);
+        // Resuming the segment lifts its variant's pause too; a pause never
+        // undoes a cancel, and a resume does not either.
+        s.control("c", &seg("vip"), ControlAction::Resume, "test")
+            .await
+            .unwrap();
+        s.control("c", &seg("newcomers"), ControlAction::Pause, "test")
+            .await
+            .unwrap();
+        s.control("c", &Scope::campaign(), ControlAction::Resume, "test")
+            .await
+            .unwrap();
+        let cs = s.controls("c").await.unwrap();
+        assert_eq!(decide(&cs, "vip", "b"), None);
+        assert_eq!(decide(&cs, "newcomers", "a"), Some(ControlState::Cancelled));
+        assert!(s.controls("other").await.unwrap().is_empty());
+    }
+
+    pub(crate) async fn a_parked_batch_is_taken_by_one_worker(s: &dyn Store) {
+        let p = Parked {
+            id: "c/send/b1".into(),
+            campaign: "c".into(),
+            queue: "c.send".into(),
+            keys: vec!["vip/a".into()],
+            payload: b"payload".to_vec(),
+        };
+        s.park(&p).await.unwrap();
+        s.park(&p).await.unwrap();
+        assert_eq!(s.parked_count("c").await.unwrap(), 1);
+        assert_eq!(s.parked(10).await.unwrap(), vec![p.clone()]);
+        let lease = std::time::Duration::from_secs(60);
+        let ids = vec![p.id.clone()];
+        assert_eq!(s.take_parked(&ids, lease).await.unwrap(), ids);
+        assert!(s.take_parked(&ids, lease).await.unwrap().is_empty());
+        assert!(s.parked(10).await.unwrap().is_empty(), "taken: not listed");
+        s.unpark(&ids).await.unwrap();
+        assert_eq!(s.parked_count("c").await.unwrap(), 0);
+    }
+
+    pub(crate) async fn sent_messages_are_found_by_id_and_by_recipient(s: &dyn Store) {
+        s.open_campaign("c", "h").await.unwrap();
+        s.claim("c", "run1", &[claim("1"), claim("2")])
+            .await
+            .unwrap();
+        s.settle(
+            "c",
+            "run1",
+            &[
+                (claim("1").key, Settlement::Delivered),
+                (claim("2").key, Settlement::Cancelled("cancelled".into())),
+            ],
+        )
+        .await
+        .unwrap();
+        let m = s.sent_message("m-1").await.unwrap().expect("found by id");
+        assert_eq!(
+            (
+                m.campaign.as_str(),
+                m.recipient_id.as_str(),
+                m.state.as_str()
+            ),
+            ("c", "1", "delivered")
+        );
+        assert_eq!(m.reference().segment, "vip");
+        assert!(s.sent_message("nope").await.unwrap().is_none());
+        let last = s.last_delivered("1", 0, i64::MAX).await.unwrap();
+        assert_eq!(last.map(|m| m.message_id), Some("m-1".into()));
+        assert!(
+            s.last_delivered("2", 0, i64::MAX).await.unwrap().is_none(),
+            "cancelled, not delivered"
+        );
+        assert_eq!(s.ledger_totals("c").await.unwrap().cancelled, 1);
+        let b = s.ledger_breakdown("c").await.unwrap();
+        assert_eq!(b.iter().map(|r| r.count).sum::<u64>(), 2);
+        let series = s.delivered_series("c", 0, 1000).await.unwrap();
+        assert_eq!(series.iter().map(|(_, n)| n).sum::<u64>(), 1);
+        assert_eq!(s.campaigns().await.unwrap(), vec!["c".to_string()]);
     }
 }

@@ -42,6 +42,17 @@ fn err(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
+fn sent_row(r: &tokio_postgres::Row) -> SentMessage {
+    SentMessage {
+        campaign: r.get(0),
+        recipient_id: r.get(1),
+        message_key: r.get(2),
+        message_id: r.get(3),
+        state: r.get(4),
+        at: r.get(5),
+    }
+}
+
 fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => err(e),
@@ -153,6 +164,7 @@ async fn settle_batch(
         let (state, reason) = match s {
             Settlement::Failed(r) => ("failed", r),
             Settlement::Suppressed(r) => ("suppressed", r),
+            Settlement::Cancelled(r) => ("cancelled", r),
             _ => continue,
         };
         fr.push(k.recipient_id.clone());
@@ -580,14 +592,7 @@ impl Store for PostgresStore {
             .map_err(err)?;
         let mut totals = LedgerTotals::default();
         for r in rows {
-            let n = r.get::<_, i64>(1) as u64;
-            match r.get::<_, &str>(0) {
-                "delivered" => totals.delivered = n,
-                "failed" => totals.failed = n,
-                "in_doubt" => totals.in_doubt = n,
-                "suppressed" => totals.suppressed = n,
-                _ => {}
-            }
+            totals.add(r.get::<_, &str>(0), r.get::<_, i64>(1) as u64);
         }
         Ok(totals)
     }
@@ -705,6 +710,408 @@ impl Store for PostgresStore {
         Ok(merge_provider_stats(rows.iter().filter_map(|r| {
             serde_json::from_str(r.get::<_, &str>(0)).ok()
         })))
+    }
+
+    async fn campaigns(&self) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query("SELECT id FROM campaigns ORDER BY created_at, id", &[])
+            .await
+            .map_err(err)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn ledger_breakdown(&self, campaign: &str) -> Result<Vec<LedgerBreakdown>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT message_key, state, COUNT(*) FROM ledger WHERE campaign = $1
+                 GROUP BY message_key, state ORDER BY message_key, state",
+                &[&campaign],
+            )
+            .await
+            .map_err(err)?;
+        Ok(rows
+            .iter()
+            .map(|r| LedgerBreakdown {
+                message_key: r.get(0),
+                state: r.get(1),
+                count: r.get::<_, i64>(2) as u64,
+            })
+            .collect())
+    }
+
+    async fn delivered_series(
+        &self,
+        campaign: &str,
+        since: i64,
+        bucket_ms: i64,
+    ) -> Result<Vec<(i64, u64)>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT (updated_at / $3) * $3 AS b, COUNT(*) FROM ledger
+                 WHERE campaign = $1 AND state = 'delivered' AND updated_at >= $2
+                 GROUP BY b ORDER BY b",
+                &[&campaign, &since, &bucket_ms.max(1)],
+            )
+            .await
+            .map_err(err)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1) as u64))
+            .collect())
+    }
+
+    async fn sent_message(&self, message_id: &str) -> Result<Option<SentMessage>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT campaign, recipient_id, message_key, message_id, state, updated_at
+                 FROM ledger WHERE message_id = $1 LIMIT 1",
+                &[&message_id],
+            )
+            .await
+            .map_err(err)?;
+        Ok(row.as_ref().map(sent_row))
+    }
+
+    async fn last_delivered(
+        &self,
+        recipient_id: &str,
+        since: i64,
+        until: i64,
+    ) -> Result<Option<SentMessage>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT campaign, recipient_id, message_key, message_id, state, updated_at
+                 FROM ledger WHERE recipient_id = $1 AND state = 'delivered'
+                   AND updated_at BETWEEN $2 AND $3
+                 ORDER BY updated_at DESC LIMIT 1",
+                &[&recipient_id, &since, &until],
+            )
+            .await
+            .map_err(err)?;
+        Ok(row.as_ref().map(sent_row))
+    }
+
+    async fn tracking_key(&self) -> Result<Vec<u8>, StoreError> {
+        let fresh: [u8; 32] = rand::random();
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO settings (name, value) VALUES ('tracking_key', $1) ON CONFLICT DO NOTHING",
+                &[&fresh.as_slice()],
+            )
+            .await
+            .map_err(err)?;
+        let row = client
+            .query_one(
+                "SELECT value FROM settings WHERE name = 'tracking_key'",
+                &[],
+            )
+            .await
+            .map_err(err)?;
+        Ok(row.get(0))
+    }
+
+    async fn record_engagement(&self, events: &[Engagement]) -> Result<Vec<bool>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(err)?;
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO engagement (campaign, message_id, kind, detail, machine, recipient_id,
+                   segment, variant, wave, first_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 ON CONFLICT (campaign, message_id, kind, detail, machine)
+                 DO UPDATE SET hits = engagement.hits + 1
+                 RETURNING hits",
+            )
+            .await
+            .map_err(err)?;
+        let mut new = Vec::with_capacity(events.len());
+        for e in events {
+            let m = &e.message;
+            let wave = m.wave as i32;
+            let row = tx
+                .query_one(
+                    &stmt,
+                    &[
+                        &m.campaign,
+                        &m.message_id,
+                        &e.kind.as_str(),
+                        &e.detail,
+                        &e.machine,
+                        &m.recipient_id,
+                        &m.segment,
+                        &m.variant,
+                        &wave,
+                        &e.at,
+                    ],
+                )
+                .await
+                .map_err(err)?;
+            new.push(row.get::<_, i64>(0) == 1);
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(new)
+    }
+
+    async fn engagement(&self, campaign: &str) -> Result<Vec<EngagementCount>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT kind, segment, variant, wave, machine, COUNT(DISTINCT message_id), SUM(hits)::BIGINT
+                 FROM engagement WHERE campaign = $1
+                 GROUP BY kind, segment, variant, wave, machine",
+                &[&campaign],
+            )
+            .await
+            .map_err(err)?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some(EngagementCount {
+                    kind: EngagementKind::parse(r.get(0))?,
+                    segment: r.get(1),
+                    variant: r.get(2),
+                    wave: r.get::<_, i32>(3) as u32,
+                    machine: r.get(4),
+                    messages: r.get::<_, i64>(5) as u64,
+                    hits: r.get::<_, i64>(6) as u64,
+                })
+            })
+            .collect())
+    }
+
+    async fn record_conversion(&self, c: &Conversion) -> Result<bool, StoreError> {
+        let a = c.attributed.as_ref();
+        let wave = a.map(|m| m.wave as i32);
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "INSERT INTO conversions (event_id, kind, recipient_id, properties, at, campaign,
+                   message_id, segment, variant, wave)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+                &[
+                    &c.event_id,
+                    &c.kind,
+                    &c.recipient_id,
+                    &tokio_postgres::types::Json(&c.properties),
+                    &c.at,
+                    &a.map(|m| m.campaign.as_str()),
+                    &a.map(|m| m.message_id.as_str()),
+                    &a.map(|m| m.segment.as_str()),
+                    &a.map(|m| m.variant.as_str()),
+                    &wave,
+                ],
+            )
+            .await
+            .map_err(err)?;
+        Ok(n == 1)
+    }
+
+    async fn conversions(&self, campaign: &str) -> Result<Vec<ConversionCount>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT kind, segment, variant, wave, COUNT(*), COUNT(DISTINCT recipient_id)
+                 FROM conversions WHERE campaign = $1 GROUP BY kind, segment, variant, wave",
+                &[&campaign],
+            )
+            .await
+            .map_err(err)?;
+        Ok(rows
+            .iter()
+            .map(|r| ConversionCount {
+                kind: r.get(0),
+                segment: r.get(1),
+                variant: r.get(2),
+                wave: r.get::<_, Option<i32>>(3).unwrap_or(0) as u32,
+                events: r.get::<_, i64>(4) as u64,
+                recipients: r.get::<_, i64>(5) as u64,
+            })
+            .collect())
+    }
+
+    async fn control(
+        &self,
+        campaign: &str,
+        scope: &Scope,
+        action: ControlAction,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let (segment, variant) = scope.parts();
+        let client = self.client().await?;
+        match action {
+            ControlAction::Pause | ControlAction::Cancel => {
+                let state = if action == ControlAction::Pause {
+                    ControlState::Paused
+                } else {
+                    ControlState::Cancelled
+                };
+                // A cancel is final: a pause never overrides it.
+                client
+                    .execute(
+                        "INSERT INTO controls (campaign, segment, variant, state, reason, at)
+                         VALUES ($1, $2, $3, $4, $5, $6)
+                         ON CONFLICT (campaign, segment, variant) DO UPDATE
+                         SET state = excluded.state, reason = excluded.reason, at = excluded.at
+                         WHERE controls.state <> 'cancelled'",
+                        &[
+                            &campaign,
+                            &segment,
+                            &variant,
+                            &state.as_str(),
+                            &reason,
+                            &now_ms(),
+                        ],
+                    )
+                    .await
+                    .map_err(err)?;
+            }
+            ControlAction::Resume => {
+                let rows = client
+                    .query(
+                        "SELECT segment, variant FROM controls WHERE campaign = $1 AND state = 'paused'",
+                        &[&campaign],
+                    )
+                    .await
+                    .map_err(err)?;
+                for r in rows {
+                    let (s, v): (String, String) = (r.get(0), r.get(1));
+                    if scope.contains(&Scope::from_parts(s.clone(), v.clone())) {
+                        client
+                            .execute(
+                                "DELETE FROM controls WHERE campaign = $1 AND segment = $2 AND variant = $3 AND state = 'paused'",
+                                &[&campaign, &s, &v],
+                            )
+                            .await
+                            .map_err(err)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn controls(&self, campaign: &str) -> Result<Vec<Control>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT segment, variant, state, reason, at FROM controls WHERE campaign = $1 ORDER BY at",
+                &[&campaign],
+            )
+            .await
+            .map_err(err)?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some(Control {
+                    scope: Scope::from_parts(r.get(0), r.get(1)),
+                    state: ControlState::parse(r.get(2))?,
+                    reason: r.get(3),
+                    at: r.get(4),
+                })
+            })
+            .collect())
+    }
+
+    async fn park(&self, parked: &Parked) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO parked (id, campaign, queue, keys, payload, at) VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT DO NOTHING",
+                &[
+                    &parked.id,
+                    &parked.campaign,
+                    &parked.queue,
+                    &tokio_postgres::types::Json(&parked.keys),
+                    &parked.payload,
+                    &now_ms(),
+                ],
+            )
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn parked(&self, limit: u32) -> Result<Vec<Parked>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT id, campaign, queue, keys, payload FROM parked WHERE taken_until < $1
+                 ORDER BY at, id LIMIT $2",
+                &[&now_ms(), &i64::from(limit)],
+            )
+            .await
+            .map_err(err)?;
+        Ok(rows
+            .iter()
+            .map(|r| Parked {
+                id: r.get(0),
+                campaign: r.get(1),
+                queue: r.get(2),
+                keys: r.get::<_, tokio_postgres::types::Json<Vec<String>>>(3).0,
+                payload: r.get(4),
+            })
+            .collect())
+    }
+
+    async fn take_parked(
+        &self,
+        ids: &[String],
+        lease: std::time::Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        let now = now_ms();
+        let until = now + lease.as_millis() as i64;
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "UPDATE parked SET taken_until = $2 WHERE id = ANY($1) AND taken_until < $3 RETURNING id",
+                &[&ids, &until, &now],
+            )
+            .await
+            .map_err(err)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn unpark(&self, ids: &[String]) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute("DELETE FROM parked WHERE id = ANY($1)", &[&ids])
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn parked_count(&self, campaign: &str) -> Result<u64, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "SELECT COUNT(*) FROM parked WHERE campaign = $1",
+                &[&campaign],
+            )
+            .await
+            .map_err(err)?;
+        Ok(row.get::<_, i64>(0) as u64)
     }
 }
 

@@ -59,6 +59,28 @@ CREATE TABLE IF NOT EXISTS provider_stats (
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (worker, provider)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS settings (
+    name TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS controls (
+    campaign TEXT NOT NULL,
+    segment TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (campaign, segment, variant)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS parked (
+    id TEXT PRIMARY KEY,
+    campaign TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    keys TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    taken_until INTEGER NOT NULL DEFAULT 0,
+    at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS bundles (
     campaign TEXT NOT NULL,
     hash TEXT NOT NULL,
@@ -66,6 +88,38 @@ CREATE TABLE IF NOT EXISTS bundles (
     saved_at INTEGER NOT NULL,
     PRIMARY KEY (campaign, hash)
 );
+";
+
+/// Tracking has a file of its own: `squall serve` writes events while a
+/// run writes the ledger, and SQLite allows one writer per file.
+const TRACKING_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS engagement (
+    campaign TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    machine INTEGER NOT NULL,
+    recipient_id TEXT NOT NULL,
+    segment TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    wave INTEGER NOT NULL,
+    first_at INTEGER NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (campaign, message_id, kind, detail, machine)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS conversions (
+    event_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    recipient_id TEXT NOT NULL,
+    properties TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    campaign TEXT,
+    message_id TEXT,
+    segment TEXT,
+    variant TEXT,
+    wave INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS conversions_by_campaign ON conversions (campaign) WHERE campaign IS NOT NULL;
 ";
 
 const IDS_SCHEMA: &str = "
@@ -83,12 +137,15 @@ CREATE TABLE IF NOT EXISTS ledger (
     recipient_id TEXT NOT NULL,
     message_key TEXT NOT NULL,
     message_id TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('claimed', 'delivered', 'failed', 'in_doubt', 'suppressed')),
+    state TEXT NOT NULL CHECK (state IN ('claimed', 'delivered', 'failed', 'in_doubt', 'suppressed', 'cancelled')),
     owner TEXT NOT NULL,
     detail TEXT,
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (campaign, recipient_id, message_key)
 ) WITHOUT ROWID;
+-- Bounces name a Message-ID; conversions look up a recipient's last message.
+CREATE INDEX IF NOT EXISTS ledger_by_message ON ledger (message_id);
+CREATE INDEX IF NOT EXISTS ledger_by_recipient ON ledger (recipient_id, updated_at) WHERE state = 'delivered';
 CREATE TABLE IF NOT EXISTS owners (
     owner TEXT PRIMARY KEY,
     lease_until INTEGER NOT NULL
@@ -99,6 +156,7 @@ pub struct SqliteStore {
     db: Db,
     ids: Db,
     ledger: Db,
+    tracking: Db,
 }
 
 impl SqliteStore {
@@ -114,13 +172,59 @@ impl SqliteStore {
         Ok(SqliteStore {
             db: open("state.sqlite", STATE_SCHEMA)?,
             ids: open("audience-ids.sqlite", IDS_SCHEMA)?,
-            ledger: open("ledger.sqlite", LEDGER_SCHEMA)?,
+            ledger: open_ledger(&dir.join("ledger.sqlite"))?,
+            tracking: open("tracking.sqlite", TRACKING_SCHEMA)?,
         })
     }
 }
 
+/// Opens the ledger, first widening the state check of a ledger made before
+/// cancelling existed (SQLite cannot alter a CHECK: the table is rebuilt).
+fn open_ledger(path: &Path) -> Result<Db, StoreError> {
+    let unavailable =
+        |e: rusqlite::Error| StoreError::Unavailable(format!("{}: {e}", path.display()));
+    if path.exists() {
+        let conn = rusqlite::Connection::open(path).map_err(unavailable)?;
+        let sql: Option<String> = conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'ledger'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(unavailable)?;
+        if sql.is_some_and(|s| !s.contains("'cancelled'")) {
+            conn.execute_batch(
+                "BEGIN IMMEDIATE;
+                 ALTER TABLE ledger RENAME TO ledger_before_cancel;",
+            )
+            .and_then(|_| conn.execute_batch(LEDGER_SCHEMA))
+            .and_then(|_| {
+                conn.execute_batch(
+                    "INSERT INTO ledger SELECT * FROM ledger_before_cancel;
+                     DROP TABLE ledger_before_cancel;
+                     COMMIT;",
+                )
+            })
+            .map_err(unavailable)?;
+        }
+    }
+    Db::open(path, LEDGER_SCHEMA).map_err(unavailable)
+}
+
 fn err(e: rusqlite::Error) -> StoreError {
     StoreError::Other(e.to_string())
+}
+
+fn sent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SentMessage> {
+    Ok(SentMessage {
+        campaign: r.get(0)?,
+        recipient_id: r.get(1)?,
+        message_key: r.get(2)?,
+        message_id: r.get(3)?,
+        state: r.get(4)?,
+        at: r.get(5)?,
+    })
 }
 
 /// Settles a batch with one statement per kind of outcome (a failure's
@@ -143,11 +247,13 @@ fn settle_batch(
             Settlement::Delivered => delivered.push(pair),
             Settlement::InDoubt => in_doubt.push(pair),
             Settlement::Released => released.push(pair),
-            Settlement::Failed(reason) | Settlement::Suppressed(reason) => {
-                let state = if matches!(s, Settlement::Failed(_)) {
-                    "failed"
-                } else {
-                    "suppressed"
+            Settlement::Failed(reason)
+            | Settlement::Suppressed(reason)
+            | Settlement::Cancelled(reason) => {
+                let state = match s {
+                    Settlement::Failed(_) => "failed",
+                    Settlement::Suppressed(_) => "suppressed",
+                    _ => "cancelled",
                 };
                 tx.prepare_cached(
                     "UPDATE ledger SET state = ?7, detail = ?4, updated_at = ?5
@@ -615,13 +721,7 @@ impl Store for SqliteStore {
                 })?;
                 for row in rows {
                     let (state, n) = row?;
-                    match state.as_str() {
-                        "delivered" => totals.delivered = n,
-                        "failed" => totals.failed = n,
-                        "in_doubt" => totals.in_doubt = n,
-                        "suppressed" => totals.suppressed = n,
-                        _ => {}
-                    }
+                    totals.add(&state, n);
                 }
                 Ok(totals)
             })
@@ -755,6 +855,407 @@ impl Store for SqliteStore {
         Ok(merge_provider_stats(
             rows.iter().filter_map(|j| serde_json::from_str(j).ok()),
         ))
+    }
+
+    async fn campaigns(&self) -> Result<Vec<String>, StoreError> {
+        self.db
+            .call(|conn| {
+                let mut stmt = conn.prepare("SELECT id FROM campaigns ORDER BY created_at, id")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                rows.collect()
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn ledger_breakdown(&self, campaign: &str) -> Result<Vec<LedgerBreakdown>, StoreError> {
+        let c = campaign.to_string();
+        self.ledger
+            .call(move |conn| {
+                let mut stmt = conn.prepare(
+                    "SELECT message_key, state, COUNT(*) FROM ledger WHERE campaign = ?1
+                     GROUP BY message_key, state ORDER BY message_key, state",
+                )?;
+                let rows = stmt.query_map(params![c], |r| {
+                    Ok(LedgerBreakdown {
+                        message_key: r.get(0)?,
+                        state: r.get(1)?,
+                        count: r.get::<_, i64>(2)? as u64,
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn delivered_series(
+        &self,
+        campaign: &str,
+        since: i64,
+        bucket_ms: i64,
+    ) -> Result<Vec<(i64, u64)>, StoreError> {
+        let c = campaign.to_string();
+        let bucket = bucket_ms.max(1);
+        self.ledger
+            .call(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT (updated_at / ?3) * ?3 AS b, COUNT(*) FROM ledger
+                     WHERE campaign = ?1 AND state = 'delivered' AND updated_at >= ?2
+                     GROUP BY b ORDER BY b",
+                )?;
+                let rows = stmt.query_map(params![c, since, bucket], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64))
+                })?;
+                rows.collect()
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn sent_message(&self, message_id: &str) -> Result<Option<SentMessage>, StoreError> {
+        let m = message_id.to_string();
+        self.ledger
+            .call(move |conn| {
+                conn.query_row(
+                    "SELECT campaign, recipient_id, message_key, message_id, state, updated_at
+                     FROM ledger WHERE message_id = ?1 LIMIT 1",
+                    params![m],
+                    sent_row,
+                )
+                .optional()
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn last_delivered(
+        &self,
+        recipient_id: &str,
+        since: i64,
+        until: i64,
+    ) -> Result<Option<SentMessage>, StoreError> {
+        let r = recipient_id.to_string();
+        self.ledger
+            .call(move |conn| {
+                conn.query_row(
+                    "SELECT campaign, recipient_id, message_key, message_id, state, updated_at
+                     FROM ledger WHERE recipient_id = ?1 AND state = 'delivered'
+                       AND updated_at BETWEEN ?2 AND ?3
+                     ORDER BY updated_at DESC LIMIT 1",
+                    params![r, since, until],
+                    sent_row,
+                )
+                .optional()
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn tracking_key(&self) -> Result<Vec<u8>, StoreError> {
+        let fresh: [u8; 32] = rand::random();
+        self.db
+            .call(move |conn| {
+                conn.execute(
+                    "INSERT INTO settings (name, value) VALUES ('tracking_key', ?1) ON CONFLICT DO NOTHING",
+                    params![fresh.to_vec()],
+                )?;
+                conn.query_row(
+                    "SELECT value FROM settings WHERE name = 'tracking_key'",
+                    [],
+                    |r| r.get(0),
+                )
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn record_engagement(&self, events: &[Engagement]) -> Result<Vec<bool>, StoreError> {
+        let events = events.to_vec();
+        self.tracking
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                let mut new = Vec::with_capacity(events.len());
+                for e in &events {
+                    let m = &e.message;
+                    // RETURNING tells an insert (hits = 1) from a repeat.
+                    let hits: i64 = tx
+                        .prepare_cached(
+                            "INSERT INTO engagement (campaign, message_id, kind, detail, machine, recipient_id,
+                               segment, variant, wave, first_at)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                             ON CONFLICT DO UPDATE SET hits = hits + 1
+                             RETURNING hits",
+                        )?
+                        .query_row(
+                            params![
+                                m.campaign, m.message_id, e.kind.as_str(), e.detail, e.machine,
+                                m.recipient_id, m.segment, m.variant, m.wave, e.at
+                            ],
+                            |r| r.get(0),
+                        )?;
+                    new.push(hits == 1);
+                }
+                tx.commit()?;
+                Ok(new)
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn engagement(&self, campaign: &str) -> Result<Vec<EngagementCount>, StoreError> {
+        let c = campaign.to_string();
+        self.tracking
+            .call(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT kind, segment, variant, wave, machine, COUNT(DISTINCT message_id), SUM(hits)
+                     FROM engagement WHERE campaign = ?1
+                     GROUP BY kind, segment, variant, wave, machine",
+                )?;
+                let rows = stmt.query_map(params![c], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        EngagementCount {
+                            kind: EngagementKind::Open,
+                            segment: r.get(1)?,
+                            variant: r.get(2)?,
+                            wave: r.get(3)?,
+                            machine: r.get(4)?,
+                            messages: r.get::<_, i64>(5)? as u64,
+                            hits: r.get::<_, i64>(6)? as u64,
+                        },
+                    ))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (kind, mut count) = row?;
+                    if let Some(k) = EngagementKind::parse(&kind) {
+                        count.kind = k;
+                        out.push(count);
+                    }
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn record_conversion(&self, c: &Conversion) -> Result<bool, StoreError> {
+        let c = c.clone();
+        self.tracking
+            .call(move |conn| {
+                let a = c.attributed.as_ref();
+                conn.execute(
+                    "INSERT INTO conversions (event_id, kind, recipient_id, properties, at, campaign,
+                       message_id, segment, variant, wave)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING",
+                    params![
+                        c.event_id, c.kind, c.recipient_id, c.properties.to_string(), c.at,
+                        a.map(|m| &m.campaign), a.map(|m| &m.message_id), a.map(|m| &m.segment),
+                        a.map(|m| &m.variant), a.map(|m| m.wave)
+                    ],
+                )
+                .map(|n| n == 1)
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn conversions(&self, campaign: &str) -> Result<Vec<ConversionCount>, StoreError> {
+        let c = campaign.to_string();
+        self.tracking
+            .call(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT kind, segment, variant, wave, COUNT(*), COUNT(DISTINCT recipient_id)
+                     FROM conversions WHERE campaign = ?1 GROUP BY kind, segment, variant, wave",
+                )?;
+                let rows = stmt.query_map(params![c], |r| {
+                    Ok(ConversionCount {
+                        kind: r.get(0)?,
+                        segment: r.get(1)?,
+                        variant: r.get(2)?,
+                        wave: r.get(3)?,
+                        events: r.get::<_, i64>(4)? as u64,
+                        recipients: r.get::<_, i64>(5)? as u64,
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn control(
+        &self,
+        campaign: &str,
+        scope: &Scope,
+        action: ControlAction,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let (c, scope, reason) = (campaign.to_string(), scope.clone(), reason.to_string());
+        self.db
+            .call(move |conn| {
+                let (segment, variant) = scope.parts();
+                match action {
+                    ControlAction::Pause | ControlAction::Cancel => {
+                        let state = if action == ControlAction::Pause {
+                            ControlState::Paused
+                        } else {
+                            ControlState::Cancelled
+                        };
+                        // A cancel is final: a pause never overrides it.
+                        conn.execute(
+                            "INSERT INTO controls (campaign, segment, variant, state, reason, at)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                             ON CONFLICT DO UPDATE SET state = excluded.state, reason = excluded.reason, at = excluded.at
+                             WHERE controls.state <> 'cancelled'",
+                            params![c, segment, variant, state.as_str(), reason, now_ms()],
+                        )?;
+                    }
+                    ControlAction::Resume => {
+                        let mut stmt = conn.prepare(
+                            "SELECT segment, variant FROM controls WHERE campaign = ?1 AND state = 'paused'",
+                        )?;
+                        let paused: Vec<(String, String)> = stmt
+                            .query_map(params![c], |r| Ok((r.get(0)?, r.get(1)?)))?
+                            .collect::<rusqlite::Result<_>>()?;
+                        for (s, v) in paused {
+                            if scope.contains(&Scope::from_parts(s.clone(), v.clone())) {
+                                conn.execute(
+                                    "DELETE FROM controls WHERE campaign = ?1 AND segment = ?2 AND variant = ?3 AND state = 'paused'",
+                                    params![c, s, v],
+                                )?;
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn controls(&self, campaign: &str) -> Result<Vec<Control>, StoreError> {
+        let c = campaign.to_string();
+        self.db
+            .call(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT segment, variant, state, reason, at FROM controls WHERE campaign = ?1 ORDER BY at",
+                )?;
+                let rows = stmt.query_map(params![c], |r| {
+                    Ok((
+                        Scope::from_parts(r.get(0)?, r.get(1)?),
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (scope, state, reason, at) = row?;
+                    if let Some(state) = ControlState::parse(&state) {
+                        out.push(Control { scope, state, reason, at });
+                    }
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn park(&self, parked: &Parked) -> Result<(), StoreError> {
+        let p = parked.clone();
+        self.db
+            .call(move |conn| {
+                conn.execute(
+                    "INSERT INTO parked (id, campaign, queue, keys, payload, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT DO NOTHING",
+                    params![p.id, p.campaign, p.queue, serde_json::to_string(&p.keys).unwrap_or_default(), p.payload, now_ms()],
+                )
+                .map(|_| ())
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn parked(&self, limit: u32) -> Result<Vec<Parked>, StoreError> {
+        self.db
+            .call(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT id, campaign, queue, keys, payload FROM parked WHERE taken_until < ?1
+                     ORDER BY at, id LIMIT ?2",
+                )?;
+                let rows = stmt.query_map(params![now_ms(), limit], |r| {
+                    Ok(Parked {
+                        id: r.get(0)?,
+                        campaign: r.get(1)?,
+                        queue: r.get(2)?,
+                        keys: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or_default(),
+                        payload: r.get(4)?,
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn take_parked(
+        &self,
+        ids: &[String],
+        lease: std::time::Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        let ids = ids.to_vec();
+        self.db
+            .call(move |conn| {
+                let now = now_ms();
+                let until = now + lease.as_millis() as i64;
+                let tx = conn.transaction()?;
+                let mut taken = Vec::new();
+                for id in ids {
+                    let n = tx
+                        .prepare_cached(
+                            "UPDATE parked SET taken_until = ?2 WHERE id = ?1 AND taken_until < ?3",
+                        )?
+                        .execute(params![id, until, now])?;
+                    if n == 1 {
+                        taken.push(id);
+                    }
+                }
+                tx.commit()?;
+                Ok(taken)
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn unpark(&self, ids: &[String]) -> Result<(), StoreError> {
+        let list = serde_json::to_string(ids).unwrap_or_default();
+        self.db
+            .call(move |conn| {
+                conn.execute(
+                    "DELETE FROM parked WHERE id IN (SELECT value FROM json_each(?1))",
+                    params![list],
+                )
+                .map(|_| ())
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn parked_count(&self, campaign: &str) -> Result<u64, StoreError> {
+        let c = campaign.to_string();
+        self.db
+            .call(move |conn| {
+                conn.query_row(
+                    "SELECT COUNT(*) FROM parked WHERE campaign = ?1",
+                    params![c],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n as u64)
+            })
+            .await
+            .map_err(err)
     }
 }
 
