@@ -24,6 +24,38 @@ pub struct CampaignFile {
     pub stages: StagesSection,
     #[serde(default)]
     pub limits: LimitsSection,
+    #[serde(default)]
+    pub tracking: TrackingSection,
+}
+
+/// Links in messages that report back to `squall serve`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackingSection {
+    /// Where `squall serve` is reachable by recipients; every tracking and
+    /// unsubscribe link starts with it.
+    #[serde(default = "default_tracking_base")]
+    pub base_url: Spanned<String>,
+    /// A 1×1 pixel in HTML bodies.
+    #[serde(default)]
+    pub track_opens: bool,
+    /// Links in text and HTML bodies go through a signed redirect.
+    #[serde(default)]
+    pub track_clicks: bool,
+}
+
+impl Default for TrackingSection {
+    fn default() -> Self {
+        TrackingSection {
+            base_url: default_tracking_base(),
+            track_opens: false,
+            track_clicks: false,
+        }
+    }
+}
+
+fn default_tracking_base() -> Spanned<String> {
+    Spanned::new(0..0, "http://127.0.0.1:8080".to_string())
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,9 +133,6 @@ pub struct DeliverySection {
     pub plugin: Option<Spanned<String>>,
     pub from: Spanned<String>,
     pub reply_to: Option<String>,
-    /// Base of the one-click unsubscribe URL; the message id is appended.
-    #[serde(default = "default_unsubscribe_url")]
-    pub unsubscribe_url: String,
     pub unsubscribe_mailto: Option<String>,
     /// Target of SMS and webhook requests: a URL, or a path resolved
     /// against the provider's endpoint. Default: the provider's endpoint.
@@ -115,9 +144,6 @@ pub struct DeliverySection {
 
 fn default_transport() -> Spanned<String> {
     Spanned::new(0..0, "outbox".to_string())
-}
-fn default_unsubscribe_url() -> String {
-    "http://localhost:8080/u".to_string()
 }
 fn default_connections() -> u32 {
     8

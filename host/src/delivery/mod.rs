@@ -36,6 +36,9 @@ pub struct OutboxRecord {
     pub subject: String,
     pub text: String,
     pub html: Option<String>,
+    /// The signed one-click unsubscribe link (List-Unsubscribe).
+    #[serde(default)]
+    pub unsubscribe_url: String,
     /// SMS only: what the text costs (GSM-7 or UCS-2, and how many parts).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sms_segments: Option<squall_pipeline_core::sms::Segments>,

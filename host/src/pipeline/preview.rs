@@ -7,6 +7,9 @@ use super::prepare;
 use crate::audience::{AudienceReader, Row};
 use crate::campaign::Campaign;
 use crate::runtime::{StageEngine, wit_types as wit};
+use crate::store::MessageRef;
+use crate::tracking::Tracker;
+use squall_pipeline_core::template::Rendered;
 
 #[derive(Debug, serde::Serialize)]
 pub struct Preview {
@@ -84,16 +87,37 @@ pub fn preview(campaign: &Campaign, recipient_id: &str) -> anyhow::Result<Previe
         &preview.recipient_id,
         &format!("{segment}/{variant}"),
     );
+    // Links are shown as they will be sent, signed with a key of no
+    // deployment: a preview's links do not count as anything.
+    let tracker = Tracker::from_settings(&campaign.file.tracking, b"preview");
+    let reference = MessageRef {
+        campaign: campaign.id().to_string(),
+        message_id: id.clone(),
+        recipient_id: preview.recipient_id.clone(),
+        segment: segment.clone(),
+        variant: variant.clone(),
+        wave: 0,
+    };
+    let mut content = Rendered {
+        subject: rendered.subject,
+        text: rendered.text,
+        html: rendered.html,
+    };
+    tracker
+        .decorate(&reference, &mut content)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let rendered = wit::RenderedMessage {
+        subject: content.subject,
+        text: content.text,
+        html: content.html,
+    };
     let outgoing = wit::OutgoingMessage {
         message_id: id.clone(),
         recipient_id: preview.recipient_id.clone(),
         address: preview.to.clone(),
         segment: segment.clone(),
         variant: variant.clone(),
-        unsubscribe_url: format!(
-            "{}/{id}",
-            campaign.file.delivery.unsubscribe_url.trim_end_matches('/')
-        ),
+        unsubscribe_url: tracker.unsubscribe_url(&reference, &preview.to),
         content: rendered.clone(),
     };
     let now = std::time::SystemTime::now()
