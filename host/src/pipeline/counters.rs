@@ -15,6 +15,10 @@ pub struct RunCounters {
     /// Not sent: the address is on the suppression list.
     pub suppressed: AtomicU64,
     pub skipped_already_sent: AtomicU64,
+    /// Not sent: cancelled while queued.
+    pub cancelled: AtomicU64,
+    /// Held by a pause (parked in the store until a resume).
+    pub parked: AtomicU64,
     pub dead_lettered: AtomicU64,
     /// CPU time spent inside each stage's Wasm calls, in microseconds.
     pub segment_busy_us: AtomicU64,
@@ -39,6 +43,7 @@ impl RunCounters {
             &self.failed,
             &self.suppressed,
             &self.skipped_already_sent,
+            &self.cancelled,
             &self.unsegmented,
             &self.rejected,
             &self.dead_lettered,

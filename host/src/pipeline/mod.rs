@@ -6,6 +6,7 @@
 //! `Store` and `Transport` traits.
 
 pub mod backends;
+pub mod control;
 pub mod convert;
 pub mod counters;
 pub mod envelope;
@@ -18,8 +19,10 @@ pub mod report;
 pub mod run;
 pub mod service;
 pub mod stages;
+pub mod stats;
 pub mod status;
 pub mod transports;
+pub mod validate;
 pub mod worker;
 
 pub use run::{RunOptions, RunReport, run};

@@ -24,6 +24,8 @@ pub struct Totals {
     pub suppressed: u64,
     /// Maybe sent by a worker that died mid-request; never sent again.
     pub in_doubt: u64,
+    /// Not sent: cancelled while queued.
+    pub cancelled: u64,
     pub dead_lettered: u64,
     /// Why, per dead letter (payloads stay in the store).
     pub dead_letters: Vec<DeadLetterSummary>,
@@ -46,6 +48,7 @@ impl Totals {
             + self.failed
             + self.suppressed
             + self.in_doubt
+            + self.cancelled
             + self.unsegmented
             + self.dead_lettered;
         valid.saturating_sub(ended)
@@ -81,6 +84,7 @@ pub async fn totals(
         failed: ledger.failed,
         suppressed: ledger.suppressed,
         in_doubt: ledger.in_doubt,
+        cancelled: ledger.cancelled,
         dead_lettered: dead_letters.iter().map(|d| d.recipients).sum(),
         dead_letters,
     })

@@ -128,6 +128,11 @@ async fn execute(
 
     let id = campaign.id().to_string();
     let state = store.open_campaign(&id, &campaign.hash).await?;
+    // Kept so `squall serve` can show the campaign's definition and goal.
+    let bundle = crate::campaign::Bundle::of(campaign)?;
+    store
+        .save_bundle(&id, &campaign.hash, &bundle.to_bytes())
+        .await?;
     if state.definition_hash != campaign.hash {
         tracing::warn!(
             campaign = id,
@@ -147,7 +152,14 @@ async fn execute(
     let queue_dyn: Arc<dyn Queue> = queue.clone();
     let counters = Arc::new(RunCounters::default());
     let names = |stage: &str| format!("{id}.{stage}");
-    let shared = Shared::new(campaign, queue_dyn.clone(), store.clone(), counters.clone());
+    let key = crate::tracking::signing_key(&*store).await?;
+    let shared = Shared::new(
+        campaign,
+        queue_dyn.clone(),
+        store.clone(),
+        counters.clone(),
+        &key,
+    );
     let limits = &campaign.file.limits;
     // A batch must never come back while it is still being worked on.
     let visibility = Duration::from_millis(limits.timeout_ms * 3).max(Duration::from_secs(60));
@@ -246,6 +258,7 @@ async fn execute(
                 stage: Some(stage),
                 transport: transport.clone(),
                 owner: owner.clone(),
+                input_queue: names("send"),
             };
             tasks.spawn(async move { worker::run(&ctx, p).await.context("send worker") });
         }

@@ -325,7 +325,10 @@ impl Router {
         };
         let (queue, counters) = self.shared_parts.clone();
         let store = self.campaigns.store.clone();
-        let shared = Shared::new(&p.campaign, queue, store, counters);
+        let key = crate::tracking::signing_key(&*store)
+            .await
+            .map_err(|e| infra(e, 0))?;
+        let shared = Shared::new(&p.campaign, queue, store, counters, &key);
         let stages = p.stages.lock().unwrap();
         let processor = match self.campaigns.stage {
             Stage::Segment => Loaded::Segment(SegmentProcessor {
@@ -346,6 +349,7 @@ impl Router {
                     .clone()
                     .expect("send campaigns have a transport"),
                 owner: self.campaigns.owner.clone(),
+                input_queue: Stage::Send.name().into(),
             }),
         };
         drop(stages);
@@ -365,6 +369,18 @@ impl Router {
 impl Processor for Router {
     fn stage(&self) -> &'static str {
         self.campaigns.stage.name()
+    }
+
+    async fn held(&mut self) -> bool {
+        // A deployment's send workers put back every campaign's resumed
+        // batches; they run until stopped, so nothing held keeps them.
+        if self.campaigns.stage == Stage::Send {
+            let (queue, _) = &self.shared_parts;
+            if let Err(e) = super::control::put_back(&*self.campaigns.store, &**queue, None).await {
+                tracing::debug!("cannot look at parked batches now: {e}");
+            }
+        }
+        false
     }
 
     fn max_attempts(&self, delivery: &Delivery) -> Option<u32> {

@@ -9,6 +9,7 @@ use squall_pipeline_core::ids::message_id;
 use squall_pipeline_core::message::{Channel, Outgoing};
 use squall_pipeline_core::template::Rendered;
 
+use super::control::{self, ControlView};
 use super::convert::{from_wit, outgoing_from_wit, outgoing_to_wit, request_from_wit, to_wit};
 use super::counters::RunCounters;
 use super::envelope::{Envelope, PersonaliseEnvelope, Placed, SegmentEnvelope, SendEnvelope};
@@ -21,9 +22,10 @@ use crate::runtime::{
 };
 use crate::sqlite::now_ms;
 use crate::store::{
-    BatchStats, ClaimOutcome, LedgerClaim, LedgerKey, Settlement, Store, Suppression,
-    SuppressionReason, normalise_address,
+    BatchStats, ClaimOutcome, ControlState, LedgerClaim, LedgerKey, MessageRef, Settlement, Store,
+    Suppression, SuppressionReason, normalise_address,
 };
+use crate::tracking::Tracker;
 
 /// What every processor shares.
 #[derive(Clone)]
@@ -36,7 +38,10 @@ pub struct Shared {
     /// `segment` names and `segment/variant` keys by index, from the campaign.
     pub segments: Arc<Vec<String>>,
     pub messages: Arc<Vec<(String, String)>>,
-    pub unsubscribe_base: String,
+    /// Signs the unsubscribe, click and open links of each message.
+    pub tracker: Arc<Tracker>,
+    /// Pause, resume and cancel, as the store says.
+    pub controls: Arc<ControlView>,
 }
 
 impl Shared {
@@ -45,6 +50,7 @@ impl Shared {
         queue: Arc<dyn Queue>,
         store: Arc<dyn Store>,
         counters: Arc<RunCounters>,
+        tracking_key: &[u8],
     ) -> Shared {
         Shared {
             campaign: campaign.id().to_string(),
@@ -68,7 +74,11 @@ impl Shared {
                     .map(|m| (m.segment.get_ref().clone(), m.variant.get_ref().clone()))
                     .collect(),
             ),
-            unsubscribe_base: campaign.file.delivery.unsubscribe_url.clone(),
+            tracker: Arc::new(Tracker::from_settings(
+                &campaign.file.tracking,
+                tracking_key,
+            )),
+            controls: Arc::new(ControlView::new(campaign.id())),
         }
     }
 }
@@ -343,21 +353,45 @@ impl PersonaliseProcessor {
             match r {
                 Ok(m) => {
                     let id = message_id(&env.campaign, &recipient.id, &key);
+                    let reference = MessageRef {
+                        campaign: env.campaign.clone(),
+                        message_id: id.clone(),
+                        recipient_id: recipient.id.clone(),
+                        segment: segment.clone(),
+                        variant: variant.clone(),
+                        wave: env.wave,
+                    };
+                    let mut content = Rendered {
+                        subject: m.subject,
+                        text: m.text,
+                        html: m.html,
+                    };
+                    let tracker = &self.shared.tracker;
+                    if let Err(reason) = tracker.decorate(&reference, &mut content) {
+                        dead_letter_item(
+                            &*self.shared.store,
+                            &self.shared.counters,
+                            &env.campaign,
+                            "personalise",
+                            format!("{}/{}", env.batch, recipient.id),
+                            format!(
+                                "cannot track `{key}` for recipient {}: {reason}",
+                                recipient.id
+                            ),
+                            serde_json::to_string(&from_wit(recipient.clone())).unwrap_or_default(),
+                        )
+                        .await
+                        .map_err(|e| infra(e, n))?;
+                        continue;
+                    }
                     out.push(Outgoing {
-                        unsubscribe_url: format!(
-                            "{}/{id}",
-                            self.shared.unsubscribe_base.trim_end_matches('/')
-                        ),
+                        unsubscribe_url: tracker.unsubscribe_url(&reference, &recipient.address),
                         message_id: id,
                         recipient_id: recipient.id,
                         address: recipient.address,
                         segment,
                         variant,
-                        content: Rendered {
-                            subject: m.subject,
-                            text: m.text,
-                            html: m.html,
-                        },
+                        content,
                     });
                 }
                 Err(reason) => {
@@ -404,11 +438,25 @@ pub struct SendProcessor {
     pub transport: Arc<dyn Transport>,
     /// Ledger owner: this run.
     pub owner: String,
+    /// Where this stage's batches come from: paused ones go back there.
+    pub input_queue: String,
 }
 
 impl Processor for SendProcessor {
     fn stage(&self) -> &'static str {
         "send"
+    }
+
+    async fn held(&mut self) -> bool {
+        let (store, queue) = (&*self.shared.store, &*self.shared.queue);
+        let campaign = self.shared.campaign.as_str();
+        match control::put_back(store, queue, Some(campaign)).await {
+            Ok(_) => store.parked_count(campaign).await.is_ok_and(|n| n > 0),
+            Err(e) => {
+                tracing::debug!("cannot look at parked batches now: {e}");
+                true
+            }
+        }
     }
 
     async fn process(&mut self, delivery: &Delivery) -> Result<(), BatchFailure> {
@@ -422,6 +470,13 @@ impl SendProcessor {
     /// route it to its campaign).
     pub async fn process_envelope(&mut self, env: SendEnvelope) -> Result<(), BatchFailure> {
         let n = env.items.len() as u64;
+        let controls = self
+            .shared
+            .controls
+            .current(&*self.shared.store)
+            .await
+            .map_err(|e| infra(e, n))?;
+        let (env, cancelled) = hold_paused(&self.shared, &self.input_queue, env, &controls).await?;
         let shared = &self.shared;
         // Checked before claiming, so that a failed look-up leaves nothing
         // to clean up; a suppression landing between the two is caught by
@@ -454,6 +509,10 @@ impl SendProcessor {
         let mut skipped = Vec::new();
         for ((m, o), address) in env.items.into_iter().zip(outcomes).zip(&addresses) {
             match o {
+                ClaimOutcome::Claimed if cancelled.contains(&m.message_id) => skipped.push((
+                    ledger_key(&m),
+                    Settlement::Cancelled("cancelled while queued".into()),
+                )),
                 ClaimOutcome::Claimed => match suppressed.get(address) {
                     Some(why) => skipped.push((
                         ledger_key(&m),
@@ -467,7 +526,12 @@ impl SendProcessor {
         }
         if !skipped.is_empty() {
             settle_surely(&*shared.store, &env.campaign, &self.owner, &skipped, n).await?;
-            RunCounters::add(&shared.counters.suppressed, skipped.len() as u64);
+            let stopped = skipped
+                .iter()
+                .filter(|(_, s)| matches!(s, Settlement::Cancelled(_)))
+                .count() as u64;
+            RunCounters::add(&shared.counters.cancelled, stopped);
+            RunCounters::add(&shared.counters.suppressed, skipped.len() as u64 - stopped);
         }
         if !mine.is_empty() {
             self.send_claimed(&env.campaign, &env.batch, mine).await?;
@@ -490,6 +554,69 @@ impl SendProcessor {
         }
         Ok(())
     }
+}
+
+/// Parks the messages a pause holds (the rest of the batch goes on) and
+/// names the ones a cancel stops, which are claimed and settled as
+/// cancelled so that no later resume or redelivery sends them.
+async fn hold_paused(
+    shared: &Shared,
+    input_queue: &str,
+    mut env: SendEnvelope,
+    controls: &[crate::store::Control],
+) -> Result<(SendEnvelope, HashSet<String>), BatchFailure> {
+    let mut cancelled = HashSet::new();
+    if controls.is_empty() {
+        return Ok((env, cancelled));
+    }
+    let mut held = Vec::new();
+    let mut go = Vec::with_capacity(env.items.len());
+    for m in std::mem::take(&mut env.items) {
+        match control::state_of(controls, &format!("{}/{}", m.segment, m.variant)) {
+            Some(ControlState::Paused) => held.push(m),
+            Some(ControlState::Cancelled) => {
+                cancelled.insert(m.message_id.clone());
+                go.push(m);
+            }
+            None => go.push(m),
+        }
+    }
+    env.items = go;
+    if held.is_empty() {
+        return Ok((env, cancelled));
+    }
+    let n = held.len() as u64;
+    let mut keys: Vec<String> = held
+        .iter()
+        .map(|m| format!("{}/{}", m.segment, m.variant))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    // Named by its content, so a redelivered batch parks once.
+    let ids: Vec<&str> = held.iter().map(|m| m.message_id.as_str()).collect();
+    let name = format!(
+        "{}/{}/{:016x}",
+        env.campaign,
+        env.batch,
+        xxhash_rust::xxh3::xxh3_64(ids.join(",").as_bytes())
+    );
+    let parked = Envelope::new(&env.campaign, env.batch.clone(), vec![], held)
+        .encode(shared.queue.max_message_size());
+    for (i, payload) in parked.bodies.into_iter().enumerate() {
+        shared
+            .store
+            .park(&crate::store::Parked {
+                id: format!("{name}/{i}"),
+                campaign: env.campaign.clone(),
+                queue: input_queue.to_string(),
+                keys: keys.clone(),
+                payload,
+            })
+            .await
+            .map_err(|e| infra(e, n))?;
+    }
+    RunCounters::add(&shared.counters.parked, n);
+    Ok((env, cancelled))
 }
 
 impl SendProcessor {
@@ -560,6 +687,7 @@ impl SendProcessor {
                             .then(|| squall_pipeline_core::sms::segments(&m.content.text)),
                         text: m.content.text,
                         html: m.content.html,
+                        unsubscribe_url: m.unsubscribe_url,
                     },
                 }),
                 Err(reason) => {

@@ -25,6 +25,10 @@ pub struct Status {
     pub providers: Vec<ProviderStats>,
     /// Why sending waits, when it does: every provider's breaker is open.
     pub waiting: Option<String>,
+    /// Pauses and cancels in force, with who set them.
+    pub controls: Vec<crate::store::Control>,
+    /// Batches a pause holds in the store until a resume.
+    pub parked_batches: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -54,7 +58,9 @@ pub async fn status(backends: &Backends, campaign: &str) -> anyhow::Result<Statu
     for stage in Stage::ALL {
         let depth = backends.queue.depth(stage.name()).await?;
         let processed = match stage {
-            Stage::Send => totals.sent + totals.failed + totals.suppressed + totals.in_doubt,
+            Stage::Send => {
+                totals.sent + totals.failed + totals.suppressed + totals.in_doubt + totals.cancelled
+            }
             other => store.stage_totals(campaign, other.name()).await?.recipients,
         };
         stages.insert(
@@ -95,6 +101,8 @@ pub async fn status(backends: &Backends, campaign: &str) -> anyhow::Result<Statu
         )
     });
     Ok(Status {
+        controls: store.controls(campaign).await?,
+        parked_batches: store.parked_count(campaign).await?,
         providers,
         waiting,
         campaign: campaign.to_string(),

@@ -92,6 +92,12 @@ pub trait Processor: Send {
         &mut self,
         delivery: &Delivery,
     ) -> impl Future<Output = Result<(), BatchFailure>> + Send;
+    /// Whether work is held outside the queue (batches a pause parked), after
+    /// putting back what may go on. Asked about once a second; a worker does
+    /// not finish while work is held.
+    fn held(&mut self) -> impl Future<Output = bool> + Send {
+        std::future::ready(false)
+    }
 }
 
 pub struct WorkerContext {
@@ -196,9 +202,14 @@ async fn run_loop<P: Processor>(
     held: &Held,
 ) -> anyhow::Result<()> {
     let mut backoff = Backoff::new();
+    let mut last_held_check = Instant::now();
     loop {
         if ctx.stop.load(Ordering::Relaxed) {
             return Ok(());
+        }
+        if last_held_check.elapsed() >= super::control::REFRESH {
+            processor.held().await;
+            last_held_check = Instant::now();
         }
         // Read before looking, so nothing produced in between is missed.
         let upstream_done = ctx.upstream_done.load(Ordering::Acquire);
@@ -219,7 +230,12 @@ async fn run_loop<P: Processor>(
         };
         if got.is_empty() {
             if upstream_done && ctx.queue.depth(&ctx.input).await?.total() == 0 {
-                return Ok(());
+                if !processor.held().await {
+                    return Ok(());
+                }
+                // Paused: wait for a resume (or a stop) without spinning.
+                last_held_check = Instant::now();
+                tokio::time::sleep(super::control::REFRESH).await;
             }
             continue;
         }

@@ -1,0 +1,136 @@
+//! Pause, resume and cancel as the send stage sees them: each worker reads
+//! its campaign's controls from the store at most once a second (so a
+//! command takes effect everywhere within about a second), parks paused
+//! batches in the store, and puts them back in their queue once resumed.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::queue::Queue;
+use crate::store::control::decide;
+use crate::store::{Control, ControlState, Store, StoreError};
+
+/// How stale a worker's view of the controls may be.
+pub const REFRESH: Duration = Duration::from_secs(1);
+
+/// How long a worker has to put taken parked batches back before another
+/// worker may take them.
+const TAKE_LEASE: Duration = Duration::from_secs(60);
+
+/// One campaign's controls, cached for `REFRESH`.
+pub struct ControlView {
+    campaign: String,
+    cached: Mutex<Option<(Instant, Arc<Vec<Control>>)>>,
+}
+
+impl ControlView {
+    pub fn new(campaign: &str) -> ControlView {
+        ControlView {
+            campaign: campaign.to_string(),
+            cached: Mutex::new(None),
+        }
+    }
+
+    pub async fn current(&self, store: &dyn Store) -> Result<Arc<Vec<Control>>, StoreError> {
+        if let Some((at, c)) = &*self.cached.lock().unwrap()
+            && at.elapsed() < REFRESH
+        {
+            return Ok(c.clone());
+        }
+        let fresh = Arc::new(store.controls(&self.campaign).await?);
+        *self.cached.lock().unwrap() = Some((Instant::now(), fresh.clone()));
+        Ok(fresh)
+    }
+}
+
+/// What the send stage does with one `segment/variant` now.
+pub fn state_of(controls: &[Control], message_key: &str) -> Option<ControlState> {
+    if controls.is_empty() {
+        return None;
+    }
+    let (segment, variant) = message_key.split_once('/').unwrap_or((message_key, ""));
+    decide(controls, segment, variant)
+}
+
+/// Puts parked batches back in their queue once any of their messages is
+/// no longer paused (resumed or cancelled: the send stage settles the
+/// cancelled ones, and parks again what is still paused). Only batches of
+/// `only` when given. Returns how many went back.
+pub async fn put_back(
+    store: &dyn Store,
+    queue: &dyn Queue,
+    only: Option<&str>,
+) -> anyhow::Result<usize> {
+    let parked = store.parked(200).await?;
+    let mut controls: std::collections::HashMap<String, Vec<Control>> = Default::default();
+    let mut ready = Vec::new();
+    for p in parked {
+        if only.is_some_and(|c| c != p.campaign) {
+            continue;
+        }
+        if !controls.contains_key(&p.campaign) {
+            controls.insert(p.campaign.clone(), store.controls(&p.campaign).await?);
+        }
+        let cs = &controls[&p.campaign];
+        if p.keys
+            .iter()
+            .any(|k| state_of(cs, k) != Some(ControlState::Paused))
+        {
+            ready.push(p);
+        }
+    }
+    if ready.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<String> = ready.iter().map(|p| p.id.clone()).collect();
+    let taken = store.take_parked(&ids, TAKE_LEASE).await?;
+    let mut back = Vec::new();
+    for p in ready.into_iter().filter(|p| taken.contains(&p.id)) {
+        // Sent before it is forgotten: a crash in between sends it twice,
+        // and the ledger makes the second copy harmless.
+        queue.send(&p.queue, vec![p.payload]).await?;
+        back.push(p.id);
+    }
+    store.unpark(&back).await?;
+    if !back.is_empty() {
+        tracing::info!(
+            batches = back.len(),
+            "resumed: parked batches are back in the send queue"
+        );
+    }
+    Ok(back.len())
+}
+
+/// Applies a pause, resume or cancel and says what it did. Workers notice
+/// within `REFRESH`.
+pub async fn apply(
+    store: &dyn Store,
+    campaign: &str,
+    scope: &crate::store::Scope,
+    action: crate::store::ControlAction,
+    reason: &str,
+) -> anyhow::Result<String> {
+    use crate::store::ControlAction::*;
+    if !store.campaign_known(campaign).await? {
+        anyhow::bail!(
+            "no campaign `{campaign}` in this store: check the id (`[campaign] id` in its file) and the --config it was launched or run with"
+        );
+    }
+    store.control(campaign, scope, action, reason).await?;
+    let cancelled = store
+        .controls(campaign)
+        .await?
+        .iter()
+        .any(|c| c.state == ControlState::Cancelled && c.scope.contains(scope));
+    Ok(match action {
+        Pause if cancelled => {
+            format!("{scope} of `{campaign}` is cancelled; a pause changes nothing")
+        }
+        Pause => format!("paused {scope} of `{campaign}`: workers stop sending it within a second"),
+        Resume if cancelled => {
+            format!("{scope} of `{campaign}` is cancelled for good; nothing to resume")
+        }
+        Resume => format!("resumed {scope} of `{campaign}`: sending continues where it stopped"),
+        Cancel => format!("cancelled {scope} of `{campaign}`: what is queued is drained unsent"),
+    })
+}
