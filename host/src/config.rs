@@ -45,6 +45,123 @@ pub struct Config {
     /// preference: `[delivery] providers = ["primary", "backup"]`.
     #[serde(default, rename = "provider")]
     pub providers: Vec<ProviderConfig>,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub tracking: TrackingConfig,
+}
+
+/// `squall serve`: where it listens and who may do what.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Bearer tokens, each with a role. Without any, `squall serve` only
+    /// listens on a loopback address and everyone there is `admin` (one
+    /// person's machine); it refuses to listen elsewhere.
+    #[serde(default, rename = "token")]
+    pub tokens: Vec<TokenConfig>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: default_listen(),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".to_string()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub role: Role,
+    /// The environment variable holding the token (secrets stay out of the
+    /// file).
+    pub token_env: String,
+}
+
+/// What a bearer token may do. Each role may do everything the ones
+/// below it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read-only: campaigns, stats, the suppression list, metrics.
+    Analyst,
+    /// And create and validate campaigns (not launch or steer them).
+    Editor,
+    /// Everything: launch, pause, resume, cancel, suppressions, events.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Analyst => "analyst",
+            Role::Editor => "editor",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// How tracking and provider feedback are read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackingConfig {
+    /// A conversion counts for the last campaign message the recipient got
+    /// within this window before it.
+    #[serde(default = "default_attribution", with = "humantime_serde_compat")]
+    pub attribution_window: Duration,
+    /// Count machine opens (privacy-proxy prefetches) in open rates.
+    #[serde(default)]
+    pub count_machine_opens: bool,
+    /// Check the signature of every SNS message (`/hooks/ses`) against the
+    /// certificate AWS signs with. Turn off only behind a private network.
+    #[serde(default = "yes")]
+    pub verify_sns: bool,
+    /// URL prefixes SNS signing certificates and subscription URLs may come
+    /// from, besides `https://sns.<region>.amazonaws.com/`.
+    #[serde(default)]
+    pub sns_trusted_urls: Vec<String>,
+    /// SNS topics accepted; empty: any (signed) topic.
+    #[serde(default)]
+    pub sns_topics: Vec<String>,
+}
+
+impl Default for TrackingConfig {
+    fn default() -> Self {
+        TrackingConfig {
+            attribution_window: default_attribution(),
+            count_machine_opens: false,
+            verify_sns: true,
+            sns_trusted_urls: Vec::new(),
+            sns_topics: Vec::new(),
+        }
+    }
+}
+
+fn default_attribution() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `"7d"`, `"36h"`: durations as people write them (humantime).
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

@@ -5,6 +5,7 @@
 //! campaign) → `runtime` (Wasm stages), `queue`, `store`, `delivery`,
 //! `audience`, `campaign`. Nothing below knows about anything above.
 
+pub mod api;
 pub mod audience;
 pub mod bench;
 pub mod campaign;
@@ -15,6 +16,7 @@ pub mod queue;
 pub mod runtime;
 mod sqlite;
 pub mod store;
+pub mod tracking;
 
 /// The address of a real service a test needs, from `var`; `None` (the
 /// test says it is skipped) on a developer's machine without it. CI sets

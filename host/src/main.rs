@@ -18,7 +18,9 @@ use squall::pipeline::prepare::PrepareError;
 use squall::pipeline::run::RunError;
 use squall::pipeline::service::{WorkerOptions, work};
 use squall::pipeline::status::status;
+use squall::pipeline::validate::Validation;
 use squall::pipeline::{RunOptions, preview, run};
+use squall::store::{ControlAction, Scope};
 
 #[derive(Parser)]
 #[command(
@@ -112,6 +114,17 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Stop sending a campaign (or one segment or variant) within about a
+    /// second on every worker; queued messages wait, parked, for `resume`.
+    Pause(ControlArgs),
+    /// Lift the pauses within a scope: sending continues exactly where it
+    /// stopped.
+    Resume(ControlArgs),
+    /// Stop for good: what is still queued is drained unsent, and counted.
+    Cancel(ControlArgs),
+    /// Serve tracking links, provider feedback hooks, the HTTP API and the
+    /// live dashboard.
+    Serve(squall::api::ServeArgs),
     /// The suppression list: addresses never sent to again, checked at
     /// every send (unsubscribes, hard bounces, complaints, manual entries).
     Suppress {
@@ -170,6 +183,20 @@ impl ConfigArg {
         }
         Ok(Config::load(self.config.as_deref())?)
     }
+}
+
+#[derive(clap::Args)]
+struct ControlArgs {
+    /// The campaign's id (`[campaign] id` in its file).
+    campaign: String,
+    /// Only this segment.
+    #[arg(long)]
+    segment: Option<String>,
+    /// Only this variant (of `--segment`, or of every segment).
+    #[arg(long)]
+    variant: Option<String>,
+    #[command(flatten)]
+    config: ConfigArg,
 }
 
 #[derive(Subcommand)]
@@ -258,38 +285,14 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Validate { campaign, config } => {
             let config = config.load()?;
-            let (c, mut problems) = match Campaign::load_partial(&campaign) {
-                Ok(loaded) => loaded,
-                Err(d) => {
-                    eprintln!("{d}");
+            let c = match squall::pipeline::validate::validate(&campaign, &config.providers) {
+                Ok(Validation::Valid(c)) => c,
+                Ok(Validation::Invalid(problems)) => {
+                    eprintln!("{}", squall::campaign::Diagnostics(problems));
                     return Ok(ExitCode::from(INVALID));
                 }
-            };
-            let engine = squall::runtime::StageEngine::new(&c.file.limits.sandbox())?;
-            match squall::pipeline::prepare::stages(&c, &engine) {
-                Ok(_) => {}
-                Err(PrepareError::Invalid(d)) => {
-                    // With structural problems present, keep what only the
-                    // stages can see (rules, templates); the rest repeats them.
-                    let structural = !problems.is_empty();
-                    problems.extend(d.0.into_iter().filter(|p| {
-                        !structural
-                            || [".rule:", ".subject:", ".text:", ".html:"]
-                                .iter()
-                                .any(|k| p.message.contains(k))
-                    }));
-                }
                 Err(e) => return Ok(invalid(e)),
-            }
-            problems.extend(squall::pipeline::transports::check_providers(
-                &config.providers,
-                &c,
-            ));
-            if !problems.is_empty() {
-                problems.sort_by_key(|p| (p.line, p.column));
-                eprintln!("{}", squall::campaign::Diagnostics(problems));
-                return Ok(ExitCode::from(INVALID));
-            }
+            };
             println!(
                 "{}: ok — campaign `{}`, {} segment(s), {} message(s), audience fields: {}",
                 campaign.display(),
@@ -471,6 +474,13 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Suppress { command } => suppress(command).await,
+        Command::Pause(a) => control(a, ControlAction::Pause).await,
+        Command::Resume(a) => control(a, ControlAction::Resume).await,
+        Command::Cancel(a) => control(a, ControlAction::Cancel).await,
+        Command::Serve(args) => {
+            squall::api::serve(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Status {
             campaign,
             config,
@@ -563,6 +573,24 @@ fn dead_letter_row(stage: Stage, d: &squall::queue::DeadLetter) -> serde_json::V
         "failed_at_ms": d.failed_at_ms,
         "bytes": d.body.len(),
     })
+}
+
+async fn control(a: ControlArgs, action: ControlAction) -> anyhow::Result<ExitCode> {
+    let backends = Backends::open(a.config.load()?, false).await?;
+    let scope = Scope {
+        segment: a.segment,
+        variant: a.variant,
+    };
+    let done = squall::pipeline::control::apply(
+        &*backends.store,
+        &a.campaign,
+        &scope,
+        action,
+        "squall command line",
+    )
+    .await?;
+    println!("{done}");
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn suppress(command: SuppressCommand) -> anyhow::Result<ExitCode> {
@@ -662,13 +690,23 @@ fn print_status(s: &squall::pipeline::status::Status) {
         s.totals.audience, s.totals.rejected, s.totals.unsegmented, s.in_progress
     );
     println!(
-        "  sent {} · failed {} · suppressed {} · in doubt {} · dead-lettered {}",
+        "  sent {} · failed {} · suppressed {} · in doubt {} · cancelled {} · dead-lettered {}",
         s.totals.sent,
         s.totals.failed,
         s.totals.suppressed,
         s.totals.in_doubt,
+        s.totals.cancelled,
         s.totals.dead_lettered
     );
+    for c in &s.controls {
+        println!("  {} {} (by {})", c.state.as_str(), c.scope, c.reason);
+    }
+    if s.parked_batches > 0 {
+        println!(
+            "  {} batch(es) held by a pause; `squall resume {}` sends them",
+            s.parked_batches, s.campaign
+        );
+    }
     for stage in Stage::ALL {
         let (name, Some(st)) = (stage.name(), s.stages.get(stage.name())) else {
             continue;

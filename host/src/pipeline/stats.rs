@@ -1,0 +1,200 @@
+//! A campaign's figures for people watching it: what was sent and what
+//! came back (opens, clicks, unsubscribes, bounces, complaints,
+//! conversions), their rates, per segment, variant and wave, and the
+//! delivery rate over time. Read from the store, so any `squall serve`
+//! shows what every worker did.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::backends::Backends;
+use super::status::{Status, status};
+use crate::campaign::Bundle;
+use crate::store::EngagementKind;
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Figures {
+    pub sent: u64,
+    pub failed: u64,
+    pub suppressed: u64,
+    pub cancelled: u64,
+    /// Distinct messages opened by a person (machine opens apart, unless
+    /// the deployment counts them).
+    pub opens: u64,
+    pub machine_opens: u64,
+    pub clicks: u64,
+    pub unsubscribes: u64,
+    pub bounces: u64,
+    pub complaints: u64,
+    /// Deliveries the provider confirmed (SES `Delivery`), beyond accepted.
+    pub deliveries: u64,
+    /// Distinct recipients who converted (the campaign's goal).
+    pub conversions: u64,
+    pub open_rate: f64,
+    pub click_rate: f64,
+    pub unsubscribe_rate: f64,
+    pub bounce_rate: f64,
+    pub complaint_rate: f64,
+    pub conversion_rate: f64,
+}
+
+impl Figures {
+    fn rates(&mut self) {
+        let base = self.sent as f64;
+        let r = |n: u64| if base > 0.0 { n as f64 / base } else { 0.0 };
+        self.open_rate = r(self.opens);
+        self.click_rate = r(self.clicks);
+        self.unsubscribe_rate = r(self.unsubscribes);
+        self.bounce_rate = r(self.bounces);
+        self.complaint_rate = r(self.complaints);
+        self.conversion_rate = r(self.conversions);
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SeriesPoint {
+    /// Bucket start, Unix milliseconds.
+    pub t: i64,
+    pub delivered: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CampaignStats {
+    pub campaign: String,
+    pub goal: Option<String>,
+    pub status: Status,
+    pub totals: Figures,
+    pub by_segment: BTreeMap<String, Figures>,
+    /// Keyed `segment/variant`.
+    pub by_variant: BTreeMap<String, Figures>,
+    pub by_wave: BTreeMap<String, Figures>,
+    /// Messages delivered per `bucket_ms`.
+    pub series: Vec<SeriesPoint>,
+    pub bucket_ms: i64,
+}
+
+/// The campaign's goal, from its stored definition.
+pub async fn goal(backends: &Backends, campaign: &str) -> anyhow::Result<Option<String>> {
+    let Some((_, bytes)) = backends.store.bundle(campaign).await? else {
+        return Ok(None);
+    };
+    let bundle = Bundle::from_bytes(&bytes)?;
+    #[derive(serde::Deserialize)]
+    struct Head {
+        campaign: HeadCampaign,
+    }
+    #[derive(serde::Deserialize)]
+    struct HeadCampaign {
+        goal: Option<String>,
+    }
+    Ok(toml::from_str::<Head>(&bundle.text)
+        .ok()
+        .and_then(|h| h.campaign.goal))
+}
+
+pub async fn campaign_stats(
+    backends: &Backends,
+    campaign: &str,
+    series_since: i64,
+    bucket_ms: i64,
+) -> anyhow::Result<CampaignStats> {
+    let store = &*backends.store;
+    let status = status(backends, campaign).await?;
+    let goal = goal(backends, campaign).await?;
+    let count_machine = backends.config.tracking.count_machine_opens;
+    let mut totals = Figures::default();
+    let mut by_segment: BTreeMap<String, Figures> = BTreeMap::new();
+    let mut by_variant: BTreeMap<String, Figures> = BTreeMap::new();
+    let mut by_wave: BTreeMap<String, Figures> = BTreeMap::new();
+
+    for row in store.ledger_breakdown(campaign).await? {
+        let segment = row.message_key.split('/').next().unwrap_or("").to_string();
+        for f in [
+            &mut totals,
+            by_segment.entry(segment).or_default(),
+            by_variant.entry(row.message_key.clone()).or_default(),
+        ] {
+            match row.state.as_str() {
+                "delivered" => f.sent += row.count,
+                "failed" => f.failed += row.count,
+                "suppressed" => f.suppressed += row.count,
+                "cancelled" => f.cancelled += row.count,
+                _ => {}
+            }
+        }
+    }
+    // Waves are not in the ledger: every sent message is wave 0 until
+    // waves exist, then each wave's sends are counted where they are made.
+    if totals.sent > 0 || !by_variant.is_empty() {
+        let w = by_wave.entry("0".into()).or_default();
+        w.sent = totals.sent;
+        w.failed = totals.failed;
+        w.suppressed = totals.suppressed;
+        w.cancelled = totals.cancelled;
+    }
+    for c in store.engagement(campaign).await? {
+        let variant = format!("{}/{}", c.segment, c.variant);
+        for f in [
+            &mut totals,
+            by_segment.entry(c.segment.clone()).or_default(),
+            by_variant.entry(variant).or_default(),
+            by_wave.entry(c.wave.to_string()).or_default(),
+        ] {
+            let n = c.messages;
+            match c.kind {
+                EngagementKind::Open if c.machine => {
+                    f.machine_opens += n;
+                    if count_machine {
+                        f.opens += n;
+                    }
+                }
+                EngagementKind::Open => f.opens += n,
+                EngagementKind::Click if !c.machine => f.clicks += n,
+                EngagementKind::Click => {}
+                EngagementKind::Unsubscribe => f.unsubscribes += n,
+                EngagementKind::Bounce => f.bounces += n,
+                EngagementKind::Complaint => f.complaints += n,
+                EngagementKind::Delivery => f.deliveries += n,
+            }
+        }
+    }
+    for c in store.conversions(campaign).await? {
+        if goal.as_ref().is_some_and(|g| *g != c.kind) {
+            continue;
+        }
+        let variant = format!("{}/{}", c.segment, c.variant);
+        for f in [
+            &mut totals,
+            by_segment.entry(c.segment.clone()).or_default(),
+            by_variant.entry(variant).or_default(),
+            by_wave.entry(c.wave.to_string()).or_default(),
+        ] {
+            f.conversions += c.recipients;
+        }
+    }
+    for f in std::iter::once(&mut totals)
+        .chain(by_segment.values_mut())
+        .chain(by_variant.values_mut())
+        .chain(by_wave.values_mut())
+    {
+        f.rates();
+    }
+    let series = store
+        .delivered_series(campaign, series_since, bucket_ms)
+        .await?
+        .into_iter()
+        .map(|(t, delivered)| SeriesPoint { t, delivered })
+        .collect();
+    Ok(CampaignStats {
+        campaign: campaign.to_string(),
+        goal,
+        status,
+        totals,
+        by_segment,
+        by_variant,
+        by_wave,
+        series,
+        bucket_ms,
+    })
+}
