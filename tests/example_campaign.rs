@@ -183,7 +183,7 @@ fn preview_renders_one_recipient_with_its_mime_message() {
     let mime = p["request"].as_str().unwrap();
     assert!(mime.contains("To: <customer1@example.com>"), "{mime}");
     assert!(
-        mime.contains("List-Unsubscribe: <https://shop.example.com/u/"),
+        mime.contains("List-Unsubscribe: <http://127.0.0.1:8080/u/"),
         "{mime}"
     );
     assert!(

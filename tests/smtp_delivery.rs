@@ -108,7 +108,7 @@ fn a_campaign_over_smtp_delivers_every_message_to_the_sink() {
         .find(|m| m.contains("Subject:"))
         .expect("a message with headers");
     assert!(
-        sample.contains("List-Unsubscribe: <https://shop.example.com/u/"),
+        sample.contains("List-Unsubscribe: <http://127.0.0.1:8080/u/"),
         "{sample}"
     );
     assert!(

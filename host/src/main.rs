@@ -399,6 +399,15 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::from(3)
             })
         }
+        Command::Bench(args) if args.tracking => {
+            let report = squall::bench::tracking::run(&args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                squall::bench::tracking::print(&report);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(args) if args.smtp => {
             squall::bench::smtp::run(args).await?;
             Ok(ExitCode::SUCCESS)

@@ -6,6 +6,7 @@
 
 mod audience;
 pub mod smtp;
+pub mod tracking;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -42,6 +43,16 @@ pub struct BenchArgs {
     /// SMTP connections, for squall and smtp-source alike (with `--smtp`).
     #[arg(long, default_value_t = 16)]
     pub connections: u32,
+    /// Measure `squall serve`'s tracking endpoints instead: requests at a
+    /// fixed rate, every event checked in the store afterwards.
+    #[arg(long)]
+    pub tracking: bool,
+    /// Tracking requests per second (with `--tracking`).
+    #[arg(long, default_value_t = 2000)]
+    pub rate: u32,
+    /// How long to keep the rate up (with `--tracking`).
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u32,
 }
 
 #[derive(Debug, Serialize)]

@@ -35,6 +35,9 @@ impl ProviderChain {
 
     /// One attempt at `batch[i]` for each `i` in `pending`, outcomes in order.
     async fn attempt(&self, p: &Provider, batch: &[Dispatch], pending: &[usize]) -> Vec<Outcome> {
+        if !p.transport.paced() {
+            p.pacing.admit(pending.len()).await;
+        }
         let started = Instant::now();
         let outcomes = if pending.len() == batch.len() {
             p.transport.deliver(batch).await

@@ -62,6 +62,18 @@ impl Pacing {
         outcome
     }
 
+    /// Waits until `n` messages may go at the configured rate, for
+    /// transports that deliver a whole batch in one write (the outbox):
+    /// the batch goes when its last message's token is due, so the rate
+    /// holds over any second.
+    pub async fn admit(&self, n: usize) {
+        if let Some(l) = &self.limiter {
+            for _ in 0..n {
+                l.until_ready().await;
+            }
+        }
+    }
+
     /// Runs the attempts, paced, at most `concurrency` at once; outcomes
     /// in the order given.
     pub async fn each<F>(&self, attempts: impl Iterator<Item = F>) -> Vec<Outcome>

@@ -324,6 +324,7 @@ impl ProviderConfig {
             transport,
             breaker: Breaker::new(self.breaker.clone()),
             metrics,
+            pacing,
             attempts: self.attempts,
             max_retry_wait: self.max_retry_wait,
         })
@@ -337,6 +338,9 @@ pub struct Provider {
     pub transport: Arc<dyn Transport>,
     pub breaker: Breaker,
     pub metrics: Arc<ProviderMetrics>,
+    /// The provider's rate and concurrency (network transports apply it per
+    /// attempt themselves; the chain applies it to the others per batch).
+    pub pacing: Arc<Pacing>,
     pub attempts: u32,
     pub max_retry_wait: Duration,
 }

@@ -106,14 +106,17 @@ function drawChart(canvas, s) {
   const g = canvas.getContext("2d");
   g.scale(dpr, dpr);
   g.clearRect(0, 0, w, h);
-  const now = Date.now(), span = 15 * 60 * 1000, bucket = s.bucket_ms;
+  // From the first send (at least a minute), up to the last 15 minutes.
+  const bucket = s.bucket_ms, now = Date.now();
+  const first = s.series.length ? s.series[0].t - bucket : now;
+  const span = Math.min(15 * 60 * 1000, Math.max(60 * 1000, now - first));
   const byT = new Map(s.series.map((p) => [p.t, p.delivered]));
   const pts = [];
   for (let t = Math.floor((now - span) / bucket) * bucket; t <= now; t += bucket) pts.push([t, (byT.get(t) || 0) / (bucket / 1000)]);
   const max = Math.max(1, ...pts.map((p) => p[1]));
   g.strokeStyle = "#e4e7ec"; g.fillStyle = "#667085"; g.font = "11px system-ui";
   for (let i = 0; i <= 4; i++) { const y = 10 + (h - 30) * i / 4; g.beginPath(); g.moveTo(40, y); g.lineTo(w, y); g.stroke(); g.fillText(Math.round(max * (1 - i / 4)), 2, y + 4); }
-  g.fillText("messages/s, last 15 min", 44, h - 4);
+  g.fillText("messages/s, last " + Math.round(span / 60000) + " min", 44, h - 4);
   g.strokeStyle = "#1d4ed8"; g.lineWidth = 2; g.beginPath();
   pts.forEach(([t, v], i) => { const x = 40 + (w - 40) * (t - (now - span)) / span, y = 10 + (h - 30) * (1 - v / max); i ? g.lineTo(x, y) : g.moveTo(x, y); });
   g.stroke();
