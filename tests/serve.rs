@@ -223,6 +223,24 @@ async fn tracking_links_count_once_and_refuse_forgeries() {
     assert!((vip_a["open_rate"].as_f64().unwrap() - 1.0 / sent as f64).abs() < 1e-9);
     assert_eq!(s["by_segment"]["vip"]["opens"], 1);
     assert_eq!(s["by_wave"]["0"]["clicks"], 1);
+    let series_total: u64 = s["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["delivered"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        series_total,
+        s["totals"]["sent"].as_u64().unwrap(),
+        "the time series covers the run"
+    );
+    let vip_series: u64 = s["series_by_segment"]["vip"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["delivered"].as_u64().unwrap())
+        .sum();
+    assert_eq!(vip_series, s["by_segment"]["vip"]["sent"].as_u64().unwrap());
 }
 
 /// A private key and self-signed certificate standing in for AWS's SNS
@@ -772,6 +790,59 @@ async fn each_role_may_do_only_what_it_may() {
         metrics.contains(
             "squall_messages_total{campaign=\"spring-sale\",stage=\"send\",outcome=\"delivered\"}"
         ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_show_batch_latency_and_plugin_traps() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let campaign = hostile_campaign(dir.path(), "trapping", "trap", "max_attempts = 2");
+    let out = squall()
+        .args(["run", "--json", "--data-dir"])
+        .arg(&data)
+        .arg(&campaign)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["dead_lettered"], 3, "{report}");
+    let serve = Serve::start(&write_config(dir.path(), &data, ""));
+    let metrics = client()
+        .get(serve.url("/metrics"))
+        .bearer_auth(ANALYST)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |line_start: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no `{line_start}` in {metrics}"))
+    };
+    assert_eq!(
+        value("squall_stage_failures_total{stage=\"segment\",cause=\"trap\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("squall_batches_total{stage=\"segment\",result=\"failed\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("squall_plugin_traps_total{campaign=\"trapping\",stage=\"segment\",cause=\"trap\"}"),
+        3.0
+    );
+    assert_eq!(
+        value("squall_batch_duration_seconds_count{stage=\"segment\"}"),
+        2.0
+    );
+    assert!(
+        metrics.contains("squall_batch_duration_seconds_bucket{stage=\"segment\",le=\"+Inf\"} 2"),
         "{metrics}"
     );
 }

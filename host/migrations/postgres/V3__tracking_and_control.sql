@@ -63,3 +63,13 @@ CREATE TABLE parked (
     at BIGINT NOT NULL
 );
 CREATE INDEX parked_by_campaign ON parked (campaign);
+
+-- Each worker's stage figures (batches, failures by cause, latency), for
+-- /metrics.
+CREATE TABLE stage_stats (
+    worker TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    stats JSONB NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (worker, stage)
+);

@@ -18,6 +18,7 @@ use super::AppState;
 use super::error::ApiError;
 use crate::config::{Role, Stage};
 use crate::delivery::metrics::{BreakerState, LATENCY_BOUNDS_MS};
+use crate::store::figures::BATCH_BOUNDS_MS;
 
 /// This server's own figures.
 #[derive(Default)]
@@ -148,6 +149,58 @@ pub async fn metrics(
         }
     }
 
+    let stages = store.stage_stats().await?;
+    o.family(
+        "squall_batches_total",
+        "counter",
+        "Attempts at batches per stage, by result (every worker of the deployment).",
+    );
+    for st in &stages {
+        let ok = st.batches - st.failed.min(st.batches);
+        o.sample(
+            "squall_batches_total",
+            &[("stage", &st.stage), ("result", "ok")],
+            ok,
+        );
+        o.sample(
+            "squall_batches_total",
+            &[("stage", &st.stage), ("result", "failed")],
+            st.failed,
+        );
+    }
+    o.family(
+        "squall_stage_failures_total",
+        "counter",
+        "Failed batch attempts by cause: the component trapped, hit its deadline or its memory limit.",
+    );
+    for st in &stages {
+        for (cause, n) in [
+            ("trap", st.traps),
+            ("timeout", st.timeouts),
+            ("memory", st.memory),
+        ] {
+            o.sample(
+                "squall_stage_failures_total",
+                &[("stage", &st.stage), ("cause", cause)],
+                n,
+            );
+        }
+    }
+    o.family(
+        "squall_batch_duration_seconds",
+        "histogram",
+        "Time to process one batch, per stage.",
+    );
+    for st in &stages {
+        histogram(
+            &mut o,
+            "squall_batch_duration_seconds",
+            ("stage", &st.stage),
+            &st.latency_ms,
+            &BATCH_BOUNDS_MS,
+        );
+    }
+
     o.family(
         "squall_queue_depth",
         "gauge",
@@ -221,40 +274,12 @@ pub async fn metrics(
         "Delivery request latency per provider.",
     );
     for p in &providers {
-        let mut cumulative = 0;
-        let mut sum_ms = 0f64;
-        for (i, n) in p.latency_ms.iter().enumerate() {
-            cumulative += n;
-            let le = LATENCY_BOUNDS_MS
-                .get(i)
-                .map(|b| format!("{}", *b as f64 / 1000.0));
-            // The sum is estimated from bucket bounds: workers keep counts.
-            sum_ms += *n as f64 * LATENCY_BOUNDS_MS.get(i).copied().unwrap_or(10_000) as f64;
-            o.sample(
-                "squall_provider_latency_seconds_bucket",
-                &[
-                    ("provider", &p.provider),
-                    ("le", le.as_deref().unwrap_or("+Inf")),
-                ],
-                cumulative,
-            );
-        }
-        if p.latency_ms.len() <= LATENCY_BOUNDS_MS.len() {
-            o.sample(
-                "squall_provider_latency_seconds_bucket",
-                &[("provider", &p.provider), ("le", "+Inf")],
-                cumulative,
-            );
-        }
-        o.sample(
-            "squall_provider_latency_seconds_sum",
-            &[("provider", &p.provider)],
-            sum_ms / 1000.0,
-        );
-        o.sample(
-            "squall_provider_latency_seconds_count",
-            &[("provider", &p.provider)],
-            cumulative,
+        histogram(
+            &mut o,
+            "squall_provider_latency_seconds",
+            ("provider", &p.provider),
+            &p.latency_ms,
+            &LATENCY_BOUNDS_MS,
         );
     }
 
@@ -296,6 +321,31 @@ pub async fn metrics(
         o.0,
     )
         .into_response())
+}
+
+/// A histogram from bucket counts (`counts[i]` for values ≤ `bounds[i]`, one
+/// more for slower). The sum is estimated from the bucket bounds: workers
+/// keep counts, not sums.
+fn histogram(o: &mut Out, name: &str, label: (&str, &str), counts: &[u64], bounds: &[u64]) {
+    let mut cumulative = 0;
+    let mut sum_ms = 0f64;
+    for (i, bound) in bounds.iter().enumerate() {
+        let n = counts.get(i).copied().unwrap_or(0);
+        cumulative += n;
+        sum_ms += n as f64 * *bound as f64;
+        let le = format!("{}", *bound as f64 / 1000.0);
+        o.sample(&format!("{name}_bucket"), &[label, ("le", &le)], cumulative);
+    }
+    let slower = counts.get(bounds.len()).copied().unwrap_or(0);
+    cumulative += slower;
+    sum_ms += slower as f64 * bounds.last().copied().unwrap_or(0) as f64;
+    o.sample(
+        &format!("{name}_bucket"),
+        &[label, ("le", "+Inf")],
+        cumulative,
+    );
+    o.sample(&format!("{name}_sum"), &[label], sum_ms / 1000.0);
+    o.sample(&format!("{name}_count"), &[label], cumulative);
 }
 
 /// What made a stage give up on a batch, from its dead-letter reason.

@@ -2,6 +2,69 @@
 //! per-run figures). Durable totals come from the store.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::store::StageStats;
+use crate::store::figures::BATCH_BOUNDS_MS;
+
+/// One stage's batches in this process, for `/metrics` (see `StageStats`).
+#[derive(Debug, Default)]
+pub struct StageMetrics {
+    batches: AtomicU64,
+    failed: AtomicU64,
+    traps: AtomicU64,
+    timeouts: AtomicU64,
+    memory: AtomicU64,
+    latency: [AtomicU64; BATCH_BOUNDS_MS.len() + 1],
+}
+
+/// How an attempt at a batch ended, for the figures.
+pub enum BatchEnd<'a> {
+    Done,
+    /// Failed, with the reason (a stage error names trap, time or memory).
+    Failed(&'a str),
+}
+
+impl StageMetrics {
+    pub fn record(&self, took: Duration, end: BatchEnd<'_>) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        let ms = took.as_millis() as u64;
+        let i = BATCH_BOUNDS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(BATCH_BOUNDS_MS.len());
+        self.latency[i].fetch_add(1, Ordering::Relaxed);
+        if let BatchEnd::Failed(reason) = end {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            // The wording of `runtime::StageError`.
+            let cause = if reason.contains("exceeded its time limit") {
+                Some(&self.timeouts)
+            } else if reason.contains("exceeded its memory limit") {
+                Some(&self.memory)
+            } else if reason.contains(" trapped: ") {
+                Some(&self.traps)
+            } else {
+                None
+            };
+            if let Some(c) = cause {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn snapshot(&self, stage: &str) -> StageStats {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StageStats {
+            stage: stage.to_string(),
+            batches: get(&self.batches),
+            failed: get(&self.failed),
+            traps: get(&self.traps),
+            timeouts: get(&self.timeouts),
+            memory: get(&self.memory),
+            latency_ms: self.latency.iter().map(get).collect(),
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct RunCounters {
@@ -24,9 +87,30 @@ pub struct RunCounters {
     pub segment_busy_us: AtomicU64,
     pub personalise_busy_us: AtomicU64,
     pub send_busy_us: AtomicU64,
+    /// Per stage: segment, personalise, send.
+    pub stages: [StageMetrics; 3],
 }
 
+const STAGES: [&str; 3] = ["segment", "personalise", "send"];
+
 impl RunCounters {
+    pub fn stage(&self, name: &str) -> Option<&StageMetrics> {
+        STAGES
+            .iter()
+            .position(|s| *s == name)
+            .map(|i| &self.stages[i])
+    }
+
+    /// This process's figures for the stages that did anything.
+    pub fn stage_stats(&self) -> Vec<StageStats> {
+        STAGES
+            .iter()
+            .zip(&self.stages)
+            .map(|(name, m)| m.snapshot(name))
+            .filter(|s| s.batches > 0)
+            .collect()
+    }
+
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }

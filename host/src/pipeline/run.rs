@@ -274,20 +274,17 @@ async fn execute(
         })
     });
     // Provider figures reach the store every second, for `squall status`.
-    let save_stats = |transports: Arc<Transports>, store: Arc<dyn Store>, owner: String| async move {
-        let stats = transports.stats();
-        if !stats.is_empty()
-            && let Err(e) = store.save_provider_stats(&owner, &stats).await
-        {
-            tracing::debug!("could not save provider figures: {e}");
-        }
-    };
     let stats_task = {
-        let (t, s, o) = (transports.clone(), store.clone(), owner.clone());
+        let (t, s, o, c) = (
+            transports.clone(),
+            store.clone(),
+            owner.clone(),
+            counters.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                save_stats(t.clone(), s.clone(), o.clone()).await;
+                save_figures(&t, &*s, &o, &c).await;
             }
         })
     };
@@ -304,7 +301,7 @@ async fn execute(
         p.abort();
     }
     stats_task.abort();
-    save_stats(transports.clone(), store.clone(), owner.clone()).await;
+    save_figures(&transports, &*store, &owner, &counters).await;
     if let Some(e) = failure {
         return Err(e);
     }
@@ -333,6 +330,28 @@ async fn execute(
             .insert(stage.to_string(), RunCounters::get(c) / 1000);
     }
     Ok(report)
+}
+
+/// Provider and stage figures reach the store every second, for `squall
+/// status` and `/metrics`.
+pub(crate) async fn save_figures(
+    transports: &Transports,
+    store: &dyn Store,
+    worker: &str,
+    counters: &RunCounters,
+) {
+    let stats = transports.stats();
+    if !stats.is_empty()
+        && let Err(e) = store.save_provider_stats(worker, &stats).await
+    {
+        tracing::debug!("could not save provider figures: {e}");
+    }
+    let stages = counters.stage_stats();
+    if !stages.is_empty()
+        && let Err(e) = store.save_stage_stats(worker, &stages).await
+    {
+        tracing::debug!("could not save stage figures: {e}");
+    }
 }
 
 async fn queues_empty(queue: &EmbeddedQueue, campaign: &str) -> anyhow::Result<bool> {

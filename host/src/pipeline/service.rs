@@ -16,6 +16,7 @@ use super::counters::RunCounters;
 use super::envelope::{EnvelopeError, Head, PersonaliseEnvelope, SegmentEnvelope, SendEnvelope};
 use super::prepare;
 use super::recovery::settle_in_doubt;
+use super::run::save_figures;
 use super::stages::{PersonaliseProcessor, SegmentProcessor, SendProcessor, Shared};
 use super::transports::{OutboxPlace, Transports};
 use super::worker::{self, BatchFailure, Processor, WorkerContext, infra};
@@ -94,11 +95,16 @@ pub async fn work(backends: &Backends, opts: WorkerOptions) -> anyhow::Result<Wo
     ));
     // Provider figures reach the store every second, for `squall status`.
     let stats_task = {
-        let (transports, store, id) = (transports.clone(), backends.store.clone(), id.clone());
+        let (transports, store, id, c) = (
+            transports.clone(),
+            backends.store.clone(),
+            id.clone(),
+            counters.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                save_provider_stats(&transports, &*store, &id).await;
+                save_figures(&transports, &*store, &id, &c).await;
             }
         })
     };
@@ -143,7 +149,7 @@ pub async fn work(backends: &Backends, opts: WorkerOptions) -> anyhow::Result<Wo
     }
     lease.abort();
     stats_task.abort();
-    save_provider_stats(&transports, &*backends.store, &id).await;
+    save_figures(&transports, &*backends.store, &id, &counters).await;
     // A clean exit settled everything it claimed: end the lease at once.
     if failure.is_none()
         && let Err(e) = backends.store.retire(&id).await
@@ -162,15 +168,6 @@ pub async fn work(backends: &Backends, opts: WorkerOptions) -> anyhow::Result<Wo
         skipped_already_sent: RunCounters::get(&counters.skipped_already_sent),
         dead_lettered: RunCounters::get(&counters.dead_lettered),
     })
-}
-
-async fn save_provider_stats(transports: &Transports, store: &dyn Store, worker: &str) {
-    let stats = transports.stats();
-    if !stats.is_empty()
-        && let Err(e) = store.save_provider_stats(worker, &stats).await
-    {
-        tracing::debug!("could not save provider figures: {e}");
-    }
 }
 
 enum Loaded {

@@ -69,8 +69,11 @@ pub struct CampaignStats {
     /// Keyed `segment/variant`.
     pub by_variant: BTreeMap<String, Figures>,
     pub by_wave: BTreeMap<String, Figures>,
-    /// Messages delivered per `bucket_ms`.
+    /// Messages delivered per `bucket_ms`, in all and per segment and
+    /// per `segment/variant`.
     pub series: Vec<SeriesPoint>,
+    pub series_by_segment: BTreeMap<String, Vec<SeriesPoint>>,
+    pub series_by_variant: BTreeMap<String, Vec<SeriesPoint>>,
     pub bucket_ms: i64,
 }
 
@@ -180,12 +183,26 @@ pub async fn campaign_stats(
     {
         f.rates();
     }
-    let series = store
+    let mut all: BTreeMap<i64, u64> = BTreeMap::new();
+    let mut by_seg: BTreeMap<String, BTreeMap<i64, u64>> = BTreeMap::new();
+    let mut by_var: BTreeMap<String, Vec<SeriesPoint>> = BTreeMap::new();
+    for (t, key, delivered) in store
         .delivered_series(campaign, series_since, bucket_ms)
         .await?
-        .into_iter()
-        .map(|(t, delivered)| SeriesPoint { t, delivered })
-        .collect();
+    {
+        *all.entry(t).or_default() += delivered;
+        let segment = key.split('/').next().unwrap_or("").to_string();
+        *by_seg.entry(segment).or_default().entry(t).or_default() += delivered;
+        by_var
+            .entry(key)
+            .or_default()
+            .push(SeriesPoint { t, delivered });
+    }
+    let points = |m: BTreeMap<i64, u64>| {
+        m.into_iter()
+            .map(|(t, delivered)| SeriesPoint { t, delivered })
+            .collect::<Vec<_>>()
+    };
     Ok(CampaignStats {
         campaign: campaign.to_string(),
         goal,
@@ -194,7 +211,9 @@ pub async fn campaign_stats(
         by_segment,
         by_variant,
         by_wave,
-        series,
+        series: points(all),
+        series_by_segment: by_seg.into_iter().map(|(k, v)| (k, points(v))).collect(),
+        series_by_variant: by_var,
         bucket_ms,
     })
 }

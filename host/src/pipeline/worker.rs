@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::queue::{Delivery, Queue, QueueError, Receipt};
 use crate::store::{DeadLetterRecord, Store, StoreError};
 
-use super::counters::RunCounters;
+use super::counters::{BatchEnd, RunCounters};
 use super::envelope::Head;
 
 /// Why a batch was not processed.
@@ -282,6 +282,18 @@ async fn handle<P: Processor>(
             wall_us = started.elapsed().as_micros() as u64,
             "batch processed"
         );
+        if let Some(m) = ctx.counters.stage(processor.stage()) {
+            match &outcome {
+                Ok(()) => m.record(started.elapsed(), BatchEnd::Done),
+                Err(
+                    BatchFailure::Retry { reason, .. }
+                    | BatchFailure::Later { reason, .. }
+                    | BatchFailure::Poison { reason, .. },
+                ) => m.record(started.elapsed(), BatchEnd::Failed(reason)),
+                // Waiting on an outage or another worker is not the batch's doing.
+                Err(BatchFailure::Unavailable { .. } | BatchFailure::Busy { .. }) => {}
+            }
+        }
         match outcome {
             Err(BatchFailure::Unavailable { reason }) if !ctx.stop.load(Ordering::Relaxed) => {
                 backoff

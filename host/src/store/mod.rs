@@ -9,6 +9,7 @@
 
 pub mod control;
 pub mod engagement;
+pub mod figures;
 pub mod postgres;
 pub mod sqlite;
 
@@ -24,6 +25,7 @@ pub use engagement::{
     Conversion, ConversionCount, Engagement, EngagementCount, EngagementKind, LedgerBreakdown,
     MessageRef, SentMessage,
 };
+pub use figures::StageStats;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CampaignState {
@@ -382,20 +384,27 @@ pub trait Store: Send + Sync {
     /// Every worker's provider figures, added up per provider.
     async fn provider_stats(&self) -> Result<Vec<ProviderStats>, StoreError>;
 
+    /// A worker's cumulative stage figures (replacing its last save).
+    async fn save_stage_stats(&self, worker: &str, stats: &[StageStats]) -> Result<(), StoreError>;
+
+    /// Every worker's stage figures, added up per stage.
+    async fn stage_stats(&self) -> Result<Vec<StageStats>, StoreError>;
+
     /// Every campaign opened here, oldest first.
     async fn campaigns(&self) -> Result<Vec<String>, StoreError>;
 
     /// Ledger rows by `segment/variant` and state.
     async fn ledger_breakdown(&self, campaign: &str) -> Result<Vec<LedgerBreakdown>, StoreError>;
 
-    /// Messages delivered since `since` (Unix ms), per `bucket_ms`: (bucket
-    /// start, count), oldest first, empty buckets left out.
+    /// Messages delivered since `since` (Unix ms), per `bucket_ms` and
+    /// `segment/variant`: (bucket start, message key, count), oldest first,
+    /// empty buckets left out.
     async fn delivered_series(
         &self,
         campaign: &str,
         since: i64,
         bucket_ms: i64,
-    ) -> Result<Vec<(i64, u64)>, StoreError>;
+    ) -> Result<Vec<(i64, String, u64)>, StoreError>;
 
     /// The ledger's row for a message id (a bounce names the Message-ID).
     async fn sent_message(&self, message_id: &str) -> Result<Option<SentMessage>, StoreError>;
@@ -495,7 +504,8 @@ macro_rules! contract_tests {
             the_tracking_key_is_made_once,
             a_cancel_is_final_and_a_resume_lifts_pauses_within_its_scope,
             a_parked_batch_is_taken_by_one_worker,
-            sent_messages_are_found_by_id_and_by_recipient);
+            sent_messages_are_found_by_id_and_by_recipient,
+            stage_figures_of_every_worker_add_up);
     };
     (@each $setup:path; $($case:ident),*) => {$(
         #[tokio::test]
@@ -961,7 +971,39 @@ pub(crate) mod contract {
         let b = s.ledger_breakdown("c").await.unwrap();
         assert_eq!(b.iter().map(|r| r.count).sum::<u64>(), 2);
         let series = s.delivered_series("c", 0, 1000).await.unwrap();
-        assert_eq!(series.iter().map(|(_, n)| n).sum::<u64>(), 1);
+        assert_eq!(series.iter().map(|(_, _, n)| n).sum::<u64>(), 1);
+        assert_eq!(series[0].1, "vip/a");
         assert_eq!(s.campaigns().await.unwrap(), vec!["c".to_string()]);
+    }
+
+    pub(crate) async fn stage_figures_of_every_worker_add_up(s: &dyn Store) {
+        let fig = |stage: &str, batches, traps| StageStats {
+            stage: stage.into(),
+            batches,
+            failed: traps,
+            traps,
+            latency_ms: vec![batches, 0, 1],
+            ..Default::default()
+        };
+        s.save_stage_stats("w1", &[fig("send", 5, 1), fig("segment", 2, 0)])
+            .await
+            .unwrap();
+        s.save_stage_stats("w2", &[fig("send", 3, 0)])
+            .await
+            .unwrap();
+        s.save_stage_stats("w1", &[fig("send", 6, 1), fig("segment", 2, 0)])
+            .await
+            .unwrap();
+        let all = s.stage_stats().await.unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            (all[0].stage.as_str(), all[0].batches, all[0].traps),
+            ("segment", 2, 0)
+        );
+        assert_eq!(
+            (all[1].stage.as_str(), all[1].batches, all[1].traps),
+            ("send", 9, 1)
+        );
+        assert_eq!(all[1].latency_ms, vec![9, 0, 2]);
     }
 }

@@ -712,6 +712,40 @@ impl Store for PostgresStore {
         })))
     }
 
+    async fn save_stage_stats(&self, worker: &str, stats: &[StageStats]) -> Result<(), StoreError> {
+        if stats.is_empty() {
+            return Ok(());
+        }
+        let stages: Vec<&str> = stats.iter().map(|s| s.stage.as_str()).collect();
+        let json: Vec<String> = stats
+            .iter()
+            .map(|s| serde_json::to_string(s).unwrap_or_default())
+            .collect();
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO stage_stats (worker, stage, stats, updated_at)
+                 SELECT $1, s, j::jsonb, $4 FROM unnest($2::text[], $3::text[]) AS x(s, j)
+                 ON CONFLICT (worker, stage) DO UPDATE SET stats = excluded.stats, updated_at = excluded.updated_at",
+                &[&worker, &stages, &json, &now_ms()],
+            )
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn stage_stats(&self) -> Result<Vec<StageStats>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query("SELECT stats::text FROM stage_stats", &[])
+            .await
+            .map_err(err)?;
+        Ok(figures::merge_stage_stats(rows.iter().filter_map(|r| {
+            serde_json::from_str(r.get::<_, &str>(0)).ok()
+        })))
+    }
+
     async fn campaigns(&self) -> Result<Vec<String>, StoreError> {
         let rows = self
             .client()
@@ -748,21 +782,27 @@ impl Store for PostgresStore {
         campaign: &str,
         since: i64,
         bucket_ms: i64,
-    ) -> Result<Vec<(i64, u64)>, StoreError> {
+    ) -> Result<Vec<(i64, String, u64)>, StoreError> {
         let rows = self
             .client()
             .await?
             .query(
-                "SELECT (updated_at / $3) * $3 AS b, COUNT(*) FROM ledger
+                "SELECT (updated_at / $3) * $3 AS b, message_key, COUNT(*) FROM ledger
                  WHERE campaign = $1 AND state = 'delivered' AND updated_at >= $2
-                 GROUP BY b ORDER BY b",
+                 GROUP BY b, message_key ORDER BY b, message_key",
                 &[&campaign, &since, &bucket_ms.max(1)],
             )
             .await
             .map_err(err)?;
         Ok(rows
             .iter()
-            .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1) as u64))
+            .map(|r| {
+                (
+                    r.get::<_, i64>(0),
+                    r.get::<_, String>(1),
+                    r.get::<_, i64>(2) as u64,
+                )
+            })
             .collect())
     }
 

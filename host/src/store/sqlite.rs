@@ -59,6 +59,13 @@ CREATE TABLE IF NOT EXISTS provider_stats (
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (worker, provider)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stage_stats (
+    worker TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    stats TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (worker, stage)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS settings (
     name TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -857,6 +864,39 @@ impl Store for SqliteStore {
         ))
     }
 
+    async fn save_stage_stats(&self, worker: &str, stats: &[StageStats]) -> Result<(), StoreError> {
+        let (w, stats) = (worker.to_string(), stats.to_vec());
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                for st in &stats {
+                    tx.prepare_cached(
+                        "INSERT INTO stage_stats (worker, stage, stats, updated_at) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (worker, stage) DO UPDATE SET stats = excluded.stats, updated_at = excluded.updated_at",
+                    )?
+                    .execute(params![w, st.stage, serde_json::to_string(st).unwrap_or_default(), now_ms()])?;
+                }
+                tx.commit()
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn stage_stats(&self) -> Result<Vec<StageStats>, StoreError> {
+        let rows: Vec<String> = self
+            .db
+            .call(|conn| {
+                let mut stmt = conn.prepare("SELECT stats FROM stage_stats")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                rows.collect()
+            })
+            .await
+            .map_err(err)?;
+        Ok(figures::merge_stage_stats(
+            rows.iter().filter_map(|r| serde_json::from_str(r).ok()),
+        ))
+    }
+
     async fn campaigns(&self) -> Result<Vec<String>, StoreError> {
         self.db
             .call(|conn| {
@@ -894,18 +934,22 @@ impl Store for SqliteStore {
         campaign: &str,
         since: i64,
         bucket_ms: i64,
-    ) -> Result<Vec<(i64, u64)>, StoreError> {
+    ) -> Result<Vec<(i64, String, u64)>, StoreError> {
         let c = campaign.to_string();
         let bucket = bucket_ms.max(1);
         self.ledger
             .call(move |conn| {
                 let mut stmt = conn.prepare_cached(
-                    "SELECT (updated_at / ?3) * ?3 AS b, COUNT(*) FROM ledger
+                    "SELECT (updated_at / ?3) * ?3 AS b, message_key, COUNT(*) FROM ledger
                      WHERE campaign = ?1 AND state = 'delivered' AND updated_at >= ?2
-                     GROUP BY b ORDER BY b",
+                     GROUP BY b, message_key ORDER BY b, message_key",
                 )?;
                 let rows = stmt.query_map(params![c, since, bucket], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64))
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)? as u64,
+                    ))
                 })?;
                 rows.collect()
             })
