@@ -62,9 +62,15 @@ async fn post_json(
     token: Option<&str>,
     body: serde_json::Value,
 ) -> (u16, serde_json::Value) {
+    // `null`: no body at all.
+    let text = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
     let mut req = client()
         .post(url)
-        .body(body.to_string())
+        .body(text)
         .header("content-type", "application/json");
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -845,4 +851,45 @@ async fn metrics_show_batch_latency_and_plugin_traps() {
         metrics.contains("squall_batch_duration_seconds_bucket{stage=\"segment\",le=\"+Inf\"} 2"),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn a_campaign_created_on_one_server_launches_from_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let campaign = spring_sale_copy(dir.path(), 120, "outbox", "");
+    let text = std::fs::read_to_string(&campaign)
+        .unwrap()
+        .replace("id = \"spring-sale\"", "id = \"api-made\"");
+    let config = write_config(dir.path(), &data, "");
+    let a = Serve::start(&config);
+    let b = Serve::start(&config);
+    let body = serde_json::json!({ "toml": text, "base_dir": dir.path() });
+    let (status, created) = post_json(&a.url("/api/campaigns"), Some(EDITOR), body).await;
+    assert_eq!(status, 201, "{created}");
+    let (status, launched) = post_json(
+        &b.url("/api/campaigns/api-made/launch"),
+        Some(ADMIN),
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200, "{launched}");
+    assert_eq!(launched["audience"], 120);
+    assert_eq!(launched["queued_now"], 120);
+    let (status, got) = get_json(&a.url("/api/campaigns/api-made"), ANALYST).await;
+    assert_eq!(status, 200);
+    assert!(
+        got["definition"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("api-made")
+    );
+    assert_eq!(got["status"]["intake_finished"], true);
+    let (status, _) = post_json(
+        &b.url("/api/campaigns/never-made/launch"),
+        Some(ADMIN),
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(status, 404);
 }

@@ -100,7 +100,7 @@ struct CampaignIn {
 
 /// A campaign file as the API was given it: kept (text and the folder its
 /// relative paths start from) so that a later launch reads the same file.
-#[derive(Clone)]
+#[derive(Clone, serde::Serialize, Deserialize)]
 pub struct Created {
     pub text: String,
     pub base_dir: PathBuf,
@@ -125,6 +125,10 @@ fn materialise(c: &Created) -> Result<tempfile::NamedTempFile, ApiError> {
     std::io::Write::write_all(&mut f, c.text.as_bytes())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok(f)
+}
+
+fn created_key(id: &str) -> String {
+    format!("api/created/{id}")
 }
 
 fn created_from(input: CampaignIn) -> Result<(Created, String), ApiError> {
@@ -228,11 +232,10 @@ pub async fn create(
         .save_bundle(c.id(), &c.hash, &bundle.to_bytes())
         .await?;
     store.open_campaign(c.id(), &c.hash).await?;
-    state
-        .created
-        .lock()
-        .unwrap()
-        .insert(c.id().to_string(), created);
+    // In the store, not this process: any server of the deployment may be
+    // the one asked to launch it.
+    let kept = serde_json::to_vec(&created).map_err(|e| anyhow::anyhow!(e))?;
+    store.set_setting(&created_key(c.id()), &kept).await?;
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({ "created": c.id(), "hash": c.hash })),
@@ -249,11 +252,12 @@ pub async fn launch(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     state.auth.require(&headers, Role::Admin)?;
     let created = if body.is_empty() {
-        state.created.lock().unwrap().get(&id).cloned().ok_or_else(|| {
+        let kept = state.backends.store.setting(&created_key(&id)).await?.ok_or_else(|| {
             ApiError::not_found(format!(
-                "campaign `{id}` was not created on this server: POST /api/campaigns first, or send its `path` or `toml`"
+                "campaign `{id}` was not created through the API: POST /api/campaigns first, or send its `path` or `toml`"
             ))
-        })?
+        })?;
+        serde_json::from_slice(&kept).map_err(|e| anyhow::anyhow!(e))?
     } else {
         created_from(json_body(&body)?)?.0
     };

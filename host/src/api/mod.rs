@@ -24,10 +24,9 @@ mod sns;
 mod suppressions;
 mod tracking;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
@@ -61,8 +60,6 @@ pub struct AppState {
     metrics: metrics::ServerMetrics,
     http: reqwest::Client,
     sns_certs: sns::CertCache,
-    /// Campaigns created through this server, by id, for a later launch.
-    created: Mutex<HashMap<String, campaigns::Created>>,
 }
 
 impl AppState {
@@ -78,7 +75,6 @@ impl AppState {
                 .timeout(std::time::Duration::from_secs(10))
                 .build()?,
             sns_certs: sns::CertCache::default(),
-            created: Mutex::new(HashMap::new()),
             backends,
         })
     }

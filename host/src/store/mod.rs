@@ -421,6 +421,12 @@ pub trait Store: Send + Sync {
     /// the same for every process that shares this store.
     async fn tracking_key(&self) -> Result<Vec<u8>, StoreError>;
 
+    /// A named value the deployment keeps (e.g. a campaign created through
+    /// the API, for whichever server launches it).
+    async fn setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    async fn set_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError>;
+
     /// Records events; for each, whether it is new (not a repeat of one
     /// already stored, which only adds a hit).
     async fn record_engagement(&self, events: &[Engagement]) -> Result<Vec<bool>, StoreError>;
@@ -870,6 +876,10 @@ pub(crate) mod contract {
         let k = s.tracking_key().await.unwrap();
         assert_eq!(k.len(), 32);
         assert_eq!(s.tracking_key().await.unwrap(), k);
+        assert_eq!(s.setting("x").await.unwrap(), None);
+        s.set_setting("x", b"1").await.unwrap();
+        s.set_setting("x", b"2").await.unwrap();
+        assert_eq!(s.setting("x").await.unwrap().as_deref(), Some(&b"2"[..]));
     }
 
     pub(crate) async fn a_cancel_is_final_and_a_resume_lifts_pauses_within_its_scope(

@@ -1014,6 +1014,36 @@ impl Store for SqliteStore {
             .map_err(err)
     }
 
+    async fn setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let n = name.to_string();
+        self.db
+            .call(move |conn| {
+                conn.query_row(
+                    "SELECT value FROM settings WHERE name = ?1",
+                    params![n],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn set_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        let (n, v) = (name.to_string(), value.to_vec());
+        self.db
+            .call(move |conn| {
+                conn.execute(
+                    "INSERT INTO settings (name, value) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    params![n, v],
+                )
+                .map(|_| ())
+            })
+            .await
+            .map_err(err)
+    }
+
     async fn record_engagement(&self, events: &[Engagement]) -> Result<Vec<bool>, StoreError> {
         let events = events.to_vec();
         self.tracking
