@@ -516,7 +516,7 @@ impl Config {
 
 /// Variables Squall reads elsewhere (CLI options, build, tests, caches),
 /// not config.
-const INTERNAL_ENV: [&str; 8] = [
+const INTERNAL_ENV: [&str; 10] = [
     "SQUALL_CONFIG",
     "SQUALL_LOG_FORMAT",
     "SQUALL_CACHE_DIR",
@@ -525,6 +525,8 @@ const INTERNAL_ENV: [&str; 8] = [
     "SQUALL_LOG",
     "SQUALL_TEST_SQS_ENDPOINT",
     "SQUALL_TEST_POSTGRES",
+    "SQUALL_TRACKING_KEY",
+    "SQUALL_FAKE_CLOCK",
 ];
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {

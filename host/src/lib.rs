@@ -14,6 +14,7 @@ pub mod delivery;
 pub mod pipeline;
 pub mod queue;
 pub mod runtime;
+pub mod schedule;
 mod sqlite;
 pub mod store;
 pub mod tracking;

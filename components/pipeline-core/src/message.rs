@@ -39,6 +39,10 @@ pub struct Outgoing {
     pub variant: String,
     pub unsubscribe_url: String,
     pub content: Rendered,
+    /// The recipient's IANA time zone, when the campaign's send window
+    /// depends on it (the host decides when to send; stages never see it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -213,6 +217,7 @@ mod tests {
             segment: "vip".into(),
             variant: "a".into(),
             unsubscribe_url: "https://t.example.com/u/0123abcd".into(),
+            timezone: None,
             content: Rendered {
                 subject: "Grüße, Ana".into(),
                 text: "Hallo Ana".into(),

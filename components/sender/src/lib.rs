@@ -57,6 +57,7 @@ impl GuestBuilder for Sender {
                         text: m.content.text,
                         html: m.content.html,
                     },
+                    timezone: None,
                 };
                 Sender::build(self, &m, now).map(|r| match r {
                     message::DeliveryRequest::Smtp {

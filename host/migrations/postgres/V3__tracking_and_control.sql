@@ -59,10 +59,13 @@ CREATE TABLE parked (
     queue TEXT NOT NULL,
     keys JSONB NOT NULL,
     payload BYTEA NOT NULL,
+    -- Campaign time before which it stays parked (send windows); 0: none.
+    due_at BIGINT NOT NULL DEFAULT 0,
     taken_until BIGINT NOT NULL DEFAULT 0,
     at BIGINT NOT NULL
 );
 CREATE INDEX parked_by_campaign ON parked (campaign);
+CREATE INDEX parked_by_due ON parked (due_at, at);
 
 -- Each worker's stage figures (batches, failures by cause, latency), for
 -- /metrics.

@@ -227,6 +227,7 @@ fn native_baseline(campaign: &Campaign) -> anyhow::Result<(Rates, f64, u64)> {
                 segment,
                 variant,
                 content,
+                timezone: None,
             };
             if sender.build(&out, 1_700_000_000).is_ok() {
                 sent += 1;

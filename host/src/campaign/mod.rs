@@ -50,6 +50,11 @@ pub struct Campaign {
     pub stages: StageSources,
     /// Fingerprint of the campaign file, stored with the campaign's state.
     pub hash: String,
+    /// When messages may go.
+    pub timing: crate::schedule::Timing,
+    /// The audience field with each recipient's time zone, when timing
+    /// depends on it and the audience has it.
+    pub timezone_field: Option<String>,
 }
 
 impl Campaign {
@@ -121,7 +126,10 @@ impl Campaign {
             return Err(Diagnostics(problems));
         };
         let hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()));
+        let (timing, timezone_field) = check_schedule(&file, &map, &columns, &mut problems);
         let campaign = Campaign {
+            timing,
+            timezone_field,
             path: path.to_path_buf(),
             text,
             file,
@@ -182,6 +190,76 @@ impl Campaign {
 }
 
 type Checked = (AudienceSpec, Vec<String>, TransportSpec, StageSources);
+
+/// `[schedule]`, checked: a bad time, zone or field is reported at its place.
+fn check_schedule(
+    file: &CampaignFile,
+    map: &SourceMap<'_>,
+    columns: &[String],
+    problems: &mut Vec<FileDiagnostic>,
+) -> (crate::schedule::Timing, Option<String>) {
+    use crate::schedule::{Span, Timing};
+    let s = &file.schedule;
+    let mut timing = Timing::default();
+    if let Some(start) = &s.start {
+        match humantime::parse_rfc3339_weak(start.get_ref()) {
+            Ok(t) => {
+                timing.start_ms = t
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_millis() as i64)
+            }
+            Err(_) => problems.push(map.at_span(
+                &start.span(),
+                format!(
+                    "schedule.start `{}` is not a time like 2027-03-01T09:00:00Z",
+                    start.get_ref()
+                ),
+            )),
+        }
+    }
+    let mut hours = |h: &Option<toml::Spanned<HoursSection>>, name: &str| {
+        h.as_ref()
+            .and_then(|h| match Span::parse(&h.get_ref().from, &h.get_ref().to) {
+                Ok(span) => Some(span),
+                Err(e) => {
+                    problems.push(map.at_span(&h.span(), format!("schedule.{name}: {e}")));
+                    None
+                }
+            })
+    };
+    timing.window = hours(&s.window, "window");
+    timing.quiet = hours(&s.quiet_hours, "quiet_hours");
+    if let Some(zone) = &s.timezone {
+        match zone.get_ref().parse::<chrono_tz::Tz>() {
+            Ok(tz) => timing.default_zone = Some(tz),
+            Err(_) => problems.push(map.at_span(
+                &zone.span(),
+                format!(
+                    "schedule.timezone `{}` is not an IANA time zone like Europe/Berlin",
+                    zone.get_ref()
+                ),
+            )),
+        }
+    }
+    let local = s.window.is_some() || s.quiet_hours.is_some();
+    let field = match &s.timezone_field {
+        Some(f) if local && !columns.contains(f.get_ref()) => {
+            problems.push(map.at_span(
+                &f.span(),
+                format!(
+                    "schedule.timezone_field `{}` is not a field of the audience ({})",
+                    f.get_ref(),
+                    columns.join(", ")
+                ),
+            ));
+            None
+        }
+        Some(f) => Some(f.get_ref().clone()),
+        None => columns.iter().find(|c| *c == "timezone").cloned(),
+    };
+    (timing, if local { field } else { None })
+}
 
 fn check(
     file: &CampaignFile,

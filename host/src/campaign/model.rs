@@ -26,6 +26,33 @@ pub struct CampaignFile {
     pub limits: LimitsSection,
     #[serde(default)]
     pub tracking: TrackingSection,
+    #[serde(default)]
+    pub schedule: ScheduleSection,
+}
+
+/// When messages may go (see `schedule::Timing`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSection {
+    /// RFC 3339: nothing is sent before it.
+    pub start: Option<Spanned<String>>,
+    /// Recipient-local hours when messages may go, e.g. `{ from = "12:00",
+    /// to = "13:30" }`; a recipient outside it waits (in the store) for the
+    /// next one.
+    pub window: Option<Spanned<HoursSection>>,
+    /// Recipient-local hours when nothing is ever sent, window or not.
+    pub quiet_hours: Option<Spanned<HoursSection>>,
+    /// Audience field holding each recipient's IANA time zone.
+    pub timezone_field: Option<Spanned<String>>,
+    /// Zone for recipients without a valid one (default UTC).
+    pub timezone: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoursSection {
+    pub from: String,
+    pub to: String,
 }
 
 /// Links in messages that report back to `squall serve`.

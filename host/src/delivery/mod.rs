@@ -39,6 +39,9 @@ pub struct OutboxRecord {
     /// The signed one-click unsubscribe link (List-Unsubscribe).
     #[serde(default)]
     pub unsubscribe_url: String,
+    /// When it was handed to the transport, campaign time (Unix ms).
+    #[serde(default)]
+    pub sent_at: i64,
     /// SMS only: what the text costs (GSM-7 or UCS-2, and how many parts).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sms_segments: Option<squall_pipeline_core::sms::Segments>,

@@ -13,6 +13,10 @@ use crate::store::{Control, ControlState, Store, StoreError};
 /// How stale a worker's view of the controls may be.
 pub const REFRESH: Duration = Duration::from_secs(1);
 
+/// How often a send worker looks for parked batches that may go now (a
+/// resume, or messages come due): an indexed query of due rows.
+pub const PUT_BACK_EVERY: Duration = Duration::from_millis(250);
+
 /// How long a worker has to put taken parked batches back before another
 /// worker may take them.
 const TAKE_LEASE: Duration = Duration::from_secs(60);
@@ -61,7 +65,7 @@ pub async fn put_back(
     queue: &dyn Queue,
     only: Option<&str>,
 ) -> anyhow::Result<usize> {
-    let parked = store.parked(200).await?;
+    let parked = store.parked(200, crate::schedule::clock::now_ms()).await?;
     let mut controls: std::collections::HashMap<String, Vec<Control>> = Default::default();
     let mut ready = Vec::new();
     for p in parked {

@@ -70,6 +70,8 @@ pub fn outgoing_from_wit(m: wit::OutgoingMessage) -> Outgoing {
             text: m.content.text,
             html: m.content.html,
         },
+        // Timing is decided before the sender stage; nothing to carry back.
+        timezone: None,
     }
 }
 

@@ -42,6 +42,10 @@ pub struct Shared {
     pub tracker: Arc<Tracker>,
     /// Pause, resume and cancel, as the store says.
     pub controls: Arc<ControlView>,
+    /// When messages may go, and the audience field with each recipient's
+    /// time zone.
+    pub timing: Arc<crate::schedule::Timing>,
+    pub timezone_field: Option<String>,
 }
 
 impl Shared {
@@ -79,6 +83,8 @@ impl Shared {
                 tracking_key,
             )),
             controls: Arc::new(ControlView::new(campaign.id())),
+            timing: Arc::new(campaign.timing.clone()),
+            timezone_field: campaign.timezone_field.clone(),
         }
     }
 }
@@ -324,6 +330,11 @@ impl PersonaliseProcessor {
             meta.push((p.segment, p.variant));
             recipients.push(to_wit(p.record));
         }
+        let zone_column = self
+            .shared
+            .timezone_field
+            .as_ref()
+            .and_then(|f| env.columns.iter().position(|c| c == f));
         let batch = wit::RecipientBatch {
             campaign: env.campaign.clone(),
             columns: env.columns,
@@ -384,7 +395,12 @@ impl PersonaliseProcessor {
                         .map_err(|e| infra(e, n))?;
                         continue;
                     }
+                    let timezone = zone_column.and_then(|i| match recipient.values.get(i) {
+                        Some(Some(wit::Value::Text(z))) => Some(z.clone()),
+                        _ => None,
+                    });
                     out.push(Outgoing {
+                        timezone,
                         unsubscribe_url: tracker.unsubscribe_url(&reference, &recipient.address),
                         message_id: id,
                         recipient_id: recipient.id,
@@ -476,6 +492,7 @@ impl SendProcessor {
             .current(&*self.shared.store)
             .await
             .map_err(|e| infra(e, n))?;
+        let env = hold_until_due(&self.shared, &self.input_queue, env).await?;
         let (env, cancelled) = hold_paused(&self.shared, &self.input_queue, env, &controls).await?;
         let shared = &self.shared;
         // Checked before claiming, so that a failed look-up leaves nothing
@@ -556,6 +573,67 @@ impl SendProcessor {
     }
 }
 
+/// Parks the messages that may not go yet (before the campaign's start,
+/// outside the recipient's send window, in quiet hours) until they are due,
+/// grouped by the minute they are due; the rest of the batch goes on.
+async fn hold_until_due(
+    shared: &Shared,
+    input_queue: &str,
+    mut env: SendEnvelope,
+) -> Result<SendEnvelope, BatchFailure> {
+    if shared.timing.is_immediate() {
+        return Ok(env);
+    }
+    let now = crate::schedule::clock::now_ms();
+    let mut later: std::collections::BTreeMap<i64, Vec<Outgoing>> = Default::default();
+    let mut go = Vec::with_capacity(env.items.len());
+    for m in std::mem::take(&mut env.items) {
+        let due = shared.timing.next_send_ms(now, m.timezone.as_deref());
+        if due > now {
+            // Rounded up to the minute: one parked batch per minute due.
+            later
+                .entry((due + 59_999) / 60_000 * 60_000)
+                .or_default()
+                .push(m);
+        } else {
+            go.push(m);
+        }
+    }
+    env.items = go;
+    for (due, held) in later {
+        let n = held.len() as u64;
+        let keys: std::collections::BTreeSet<String> = held
+            .iter()
+            .map(|m| format!("{}/{}", m.segment, m.variant))
+            .collect();
+        let ids: Vec<&str> = held.iter().map(|m| m.message_id.as_str()).collect();
+        let name = format!(
+            "{}/{}/due-{due}/{:016x}",
+            env.campaign,
+            env.batch,
+            xxhash_rust::xxh3::xxh3_64(ids.join(",").as_bytes())
+        );
+        let parked = Envelope::new(&env.campaign, env.batch.clone(), vec![], held)
+            .encode(shared.queue.max_message_size());
+        for (i, payload) in parked.bodies.into_iter().enumerate() {
+            shared
+                .store
+                .park(&crate::store::Parked {
+                    id: format!("{name}/{i}"),
+                    campaign: env.campaign.clone(),
+                    due_at: due,
+                    queue: input_queue.to_string(),
+                    keys: keys.iter().cloned().collect(),
+                    payload,
+                })
+                .await
+                .map_err(|e| infra(e, n))?;
+        }
+        RunCounters::add(&shared.counters.parked, n);
+    }
+    Ok(env)
+}
+
 /// Parks the messages a pause holds (the rest of the batch goes on) and
 /// names the ones a cancel stops, which are claimed and settled as
 /// cancelled so that no later resume or redelivery sends them.
@@ -608,6 +686,7 @@ async fn hold_paused(
             .park(&crate::store::Parked {
                 id: format!("{name}/{i}"),
                 campaign: env.campaign.clone(),
+                due_at: 0,
                 queue: input_queue.to_string(),
                 keys: keys.clone(),
                 payload,
@@ -688,6 +767,7 @@ impl SendProcessor {
                         text: m.content.text,
                         html: m.content.html,
                         unsubscribe_url: m.unsubscribe_url,
+                        sent_at: crate::schedule::clock::now_ms(),
                     },
                 }),
                 Err(reason) => {

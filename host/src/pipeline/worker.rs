@@ -207,7 +207,7 @@ async fn run_loop<P: Processor>(
         if ctx.stop.load(Ordering::Relaxed) {
             return Ok(());
         }
-        if last_held_check.elapsed() >= super::control::REFRESH {
+        if last_held_check.elapsed() >= super::control::PUT_BACK_EVERY {
             processor.held().await;
             last_held_check = Instant::now();
         }

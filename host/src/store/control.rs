@@ -120,11 +120,15 @@ pub fn decide(controls: &[Control], segment: &str, variant: &str) -> Option<Cont
     paused.then_some(ControlState::Paused)
 }
 
-/// A batch a pause holds, waiting for a resume.
+/// A batch held in the store: by a pause until a resume, or by the
+/// schedule until its messages are due.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parked {
     pub id: String,
     pub campaign: String,
+    /// Campaign time (Unix ms) before which it stays parked; 0: not held
+    /// by time.
+    pub due_at: i64,
     /// The queue it goes back to.
     pub queue: String,
     /// The `segment/variant` keys of its messages.

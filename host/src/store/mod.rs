@@ -454,9 +454,9 @@ pub trait Store: Send + Sync {
     /// Keeps a paused batch until a resume; idempotent by its id.
     async fn park(&self, parked: &Parked) -> Result<(), StoreError>;
 
-    /// Up to `limit` parked batches no worker is putting back right now,
-    /// oldest first.
-    async fn parked(&self, limit: u32) -> Result<Vec<Parked>, StoreError>;
+    /// Up to `limit` parked batches due by `due_by` (campaign time) that no
+    /// worker is putting back right now, earliest due first.
+    async fn parked(&self, limit: u32, due_by: i64) -> Result<Vec<Parked>, StoreError>;
 
     /// Takes parked batches for putting back, for `lease`; returns the ids
     /// taken (another worker may have been first).
@@ -925,9 +925,22 @@ pub(crate) mod contract {
     }
 
     pub(crate) async fn a_parked_batch_is_taken_by_one_worker(s: &dyn Store) {
+        let later = Parked {
+            id: "c/send/b2".into(),
+            campaign: "c".into(),
+            due_at: 5_000,
+            queue: "c.send".into(),
+            keys: vec!["vip/a".into()],
+            payload: b"later".to_vec(),
+        };
+        s.park(&later).await.unwrap();
+        assert!(s.parked(10, 4_999).await.unwrap().is_empty(), "not due yet");
+        assert_eq!(s.parked(10, 5_000).await.unwrap(), vec![later.clone()]);
+        s.unpark(&[later.id.clone()]).await.unwrap();
         let p = Parked {
             id: "c/send/b1".into(),
             campaign: "c".into(),
+            due_at: 0,
             queue: "c.send".into(),
             keys: vec!["vip/a".into()],
             payload: b"payload".to_vec(),
@@ -935,12 +948,15 @@ pub(crate) mod contract {
         s.park(&p).await.unwrap();
         s.park(&p).await.unwrap();
         assert_eq!(s.parked_count("c").await.unwrap(), 1);
-        assert_eq!(s.parked(10).await.unwrap(), vec![p.clone()]);
+        assert_eq!(s.parked(10, 0).await.unwrap(), vec![p.clone()]);
         let lease = std::time::Duration::from_secs(60);
         let ids = vec![p.id.clone()];
         assert_eq!(s.take_parked(&ids, lease).await.unwrap(), ids);
         assert!(s.take_parked(&ids, lease).await.unwrap().is_empty());
-        assert!(s.parked(10).await.unwrap().is_empty(), "taken: not listed");
+        assert!(
+            s.parked(10, 0).await.unwrap().is_empty(),
+            "taken: not listed"
+        );
         s.unpark(&ids).await.unwrap();
         assert_eq!(s.parked_count("c").await.unwrap(), 0);
     }

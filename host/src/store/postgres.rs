@@ -1097,7 +1097,7 @@ impl Store for PostgresStore {
         self.client()
             .await?
             .execute(
-                "INSERT INTO parked (id, campaign, queue, keys, payload, at) VALUES ($1, $2, $3, $4, $5, $6)
+                "INSERT INTO parked (id, campaign, queue, keys, payload, at, due_at) VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT DO NOTHING",
                 &[
                     &parked.id,
@@ -1106,6 +1106,7 @@ impl Store for PostgresStore {
                     &tokio_postgres::types::Json(&parked.keys),
                     &parked.payload,
                     &now_ms(),
+                    &parked.due_at,
                 ],
             )
             .await
@@ -1113,14 +1114,15 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn parked(&self, limit: u32) -> Result<Vec<Parked>, StoreError> {
+    async fn parked(&self, limit: u32, due_by: i64) -> Result<Vec<Parked>, StoreError> {
         let rows = self
             .client()
             .await?
             .query(
-                "SELECT id, campaign, queue, keys, payload FROM parked WHERE taken_until < $1
-                 ORDER BY at, id LIMIT $2",
-                &[&now_ms(), &i64::from(limit)],
+                "SELECT id, campaign, queue, keys, payload, due_at FROM parked
+                 WHERE taken_until < $1 AND due_at <= $3
+                 ORDER BY due_at, at, id LIMIT $2",
+                &[&now_ms(), &i64::from(limit), &due_by],
             )
             .await
             .map_err(err)?;
@@ -1129,6 +1131,7 @@ impl Store for PostgresStore {
             .map(|r| Parked {
                 id: r.get(0),
                 campaign: r.get(1),
+                due_at: r.get(5),
                 queue: r.get(2),
                 keys: r.get::<_, tokio_postgres::types::Json<Vec<String>>>(3).0,
                 payload: r.get(4),

@@ -85,9 +85,11 @@ CREATE TABLE IF NOT EXISTS parked (
     queue TEXT NOT NULL,
     keys TEXT NOT NULL,
     payload BLOB NOT NULL,
+    due_at INTEGER NOT NULL DEFAULT 0,
     taken_until INTEGER NOT NULL DEFAULT 0,
     at INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS parked_by_due ON parked (due_at, at);
 CREATE TABLE IF NOT EXISTS bundles (
     campaign TEXT NOT NULL,
     hash TEXT NOT NULL,
@@ -1242,9 +1244,9 @@ impl Store for SqliteStore {
         self.db
             .call(move |conn| {
                 conn.execute(
-                    "INSERT INTO parked (id, campaign, queue, keys, payload, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                    "INSERT INTO parked (id, campaign, queue, keys, payload, at, due_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                      ON CONFLICT DO NOTHING",
-                    params![p.id, p.campaign, p.queue, serde_json::to_string(&p.keys).unwrap_or_default(), p.payload, now_ms()],
+                    params![p.id, p.campaign, p.queue, serde_json::to_string(&p.keys).unwrap_or_default(), p.payload, now_ms(), p.due_at],
                 )
                 .map(|_| ())
             })
@@ -1252,17 +1254,19 @@ impl Store for SqliteStore {
             .map_err(err)
     }
 
-    async fn parked(&self, limit: u32) -> Result<Vec<Parked>, StoreError> {
+    async fn parked(&self, limit: u32, due_by: i64) -> Result<Vec<Parked>, StoreError> {
         self.db
             .call(move |conn| {
                 let mut stmt = conn.prepare_cached(
-                    "SELECT id, campaign, queue, keys, payload FROM parked WHERE taken_until < ?1
-                     ORDER BY at, id LIMIT ?2",
+                    "SELECT id, campaign, queue, keys, payload, due_at FROM parked
+                     WHERE taken_until < ?1 AND due_at <= ?3
+                     ORDER BY due_at, at, id LIMIT ?2",
                 )?;
-                let rows = stmt.query_map(params![now_ms(), limit], |r| {
+                let rows = stmt.query_map(params![now_ms(), limit, due_by], |r| {
                     Ok(Parked {
                         id: r.get(0)?,
                         campaign: r.get(1)?,
+                        due_at: r.get(5)?,
                         queue: r.get(2)?,
                         keys: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or_default(),
                         payload: r.get(4)?,

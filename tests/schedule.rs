@@ -1,0 +1,155 @@
+//! Send windows in each recipient's time zone, with a fast fake clock
+//! (`SQUALL_FAKE_CLOCK`, an hour of campaign time per real second) instead
+//! of waiting for a day: Auckland, Los Angeles on the day it springs
+//! forward, Kolkata with its half-hour offset, and recipients without a
+//! zone (the campaign's default). Every message goes inside its
+//! recipient's local window, and everyone gets exactly one.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveTime, TimeZone, Utc};
+use support::*;
+
+const ZONES: [&str; 4] = [
+    "Pacific/Auckland",
+    "America/Los_Angeles",
+    "Asia/Kolkata",
+    "",
+];
+
+fn campaign(dir: &std::path::Path, rows: usize) -> std::path::PathBuf {
+    let mut csv = String::from("id,email,timezone\n");
+    for i in 0..rows {
+        csv.push_str(&format!(
+            "r{i},r{i}@example.org,{}\n",
+            ZONES[i % ZONES.len()]
+        ));
+    }
+    std::fs::write(dir.join("audience.csv"), csv).unwrap();
+    let path = dir.join("campaign.toml");
+    std::fs::write(
+        &path,
+        r#"
+[campaign]
+id = "lunchtime"
+channel = "email"
+
+[audience]
+source = "audience.csv"
+
+[[segment]]
+name = "all"
+rule = "true"
+
+[[message]]
+segment = "all"
+subject = "Lunch deal"
+text = "Hungry?"
+
+[delivery]
+from = "Shop <news@example.com>"
+
+[schedule]
+window = { from = "12:00", to = "13:30" }
+timezone = "Europe/London"
+
+[limits]
+batch_size = 20
+"#,
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn every_message_goes_inside_its_recipients_local_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = campaign(dir.path(), 200);
+    let data = dir.path().join("data");
+    // 22:00Z on 13 March 2027: nowhere in lunchtime yet; Los Angeles
+    // springs forward the next morning.
+    let out = squall()
+        .args(["run", "--json", "--data-dir"])
+        .arg(&data)
+        .arg(&path)
+        .env("SQUALL_FAKE_CLOCK", "2027-03-13T22:00:00Z*3600")
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(report["sent"], 200, "{report}");
+    let lines = outbox(&data);
+    let by_id = counts_by(&lines, |l| l["recipient_id"].as_str().unwrap().to_string());
+    assert_eq!(by_id.len(), 200);
+    assert!(by_id.values().all(|n| *n == 1), "nobody twice");
+
+    let from = NaiveTime::from_hms_opt(12, 0, 0).unwrap();
+    let to = NaiveTime::from_hms_opt(13, 30, 0).unwrap();
+    let mut per_zone: BTreeMap<&str, Vec<DateTime<Utc>>> = BTreeMap::new();
+    for l in &lines {
+        let i: usize = l["recipient_id"].as_str().unwrap()[1..].parse().unwrap();
+        let zone = match ZONES[i % ZONES.len()] {
+            "" => "Europe/London",
+            z => z,
+        };
+        let tz: chrono_tz::Tz = zone.parse().unwrap();
+        let at = Utc
+            .timestamp_millis_opt(l["sent_at"].as_i64().unwrap())
+            .unwrap();
+        let local = at.with_timezone(&tz);
+        assert!(
+            (from..to).contains(&local.time()),
+            "{} in {zone} was sent at {local}, outside 12:00–13:30",
+            l["recipient_id"]
+        );
+        per_zone.entry(zone).or_default().push(at);
+    }
+    assert_eq!(per_zone.len(), 4, "{per_zone:?}");
+    // Los Angeles on its daylight-saving day: noon is 19:00Z, not 20:00Z.
+    for at in &per_zone["America/Los_Angeles"] {
+        let local = at.with_timezone(&chrono_tz::America::Los_Angeles);
+        assert_eq!(local.date_naive().to_string(), "2027-03-14");
+        assert!(
+            at.to_rfc3339() >= "2027-03-14T19:00:00+00:00".to_string(),
+            "{at}"
+        );
+        assert!(
+            at.to_rfc3339() < "2027-03-14T20:30:00+00:00".to_string(),
+            "{at}"
+        );
+    }
+    // Kolkata's lunch starts at 06:30Z (UTC+5:30).
+    assert!(
+        per_zone["Asia/Kolkata"]
+            .iter()
+            .all(|at| at.to_rfc3339() >= "2027-03-14T06:30:00+00:00".to_string())
+    );
+}
+
+#[test]
+fn schedule_mistakes_are_reported_where_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = campaign(dir.path(), 4);
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "window = { from = \"12:00\", to = \"13:30\" }\ntimezone = \"Europe/London\"",
+        "start = \"next monday\"\nwindow = { from = \"12:00\", to = \"25:00\" }\ntimezone = \"Mars/Olympus\"\ntimezone_field = \"tz\"",
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = squall().arg("validate").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for (needle, line) in [
+        ("schedule.start `next monday`", 22),
+        ("schedule.window: `25:00` is not a time of day", 23),
+        ("schedule.timezone `Mars/Olympus`", 24),
+        ("schedule.timezone_field `tz` is not a field", 25),
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(needle) && l.contains(&format!("campaign.toml:{line}:"))),
+            "`{needle}` at line {line}: {err}"
+        );
+    }
+}
