@@ -936,7 +936,7 @@ pub(crate) mod contract {
         s.park(&later).await.unwrap();
         assert!(s.parked(10, 4_999).await.unwrap().is_empty(), "not due yet");
         assert_eq!(s.parked(10, 5_000).await.unwrap(), vec![later.clone()]);
-        s.unpark(&[later.id.clone()]).await.unwrap();
+        s.unpark(std::slice::from_ref(&later.id)).await.unwrap();
         let p = Parked {
             id: "c/send/b1".into(),
             campaign: "c".into(),
