@@ -112,11 +112,11 @@ fn every_message_goes_inside_its_recipients_local_window() {
         let local = at.with_timezone(&chrono_tz::America::Los_Angeles);
         assert_eq!(local.date_naive().to_string(), "2027-03-14");
         assert!(
-            at.to_rfc3339() >= "2027-03-14T19:00:00+00:00".to_string(),
+            at.to_rfc3339().as_str() >= "2027-03-14T19:00:00+00:00",
             "{at}"
         );
         assert!(
-            at.to_rfc3339() < "2027-03-14T20:30:00+00:00".to_string(),
+            at.to_rfc3339().as_str() < "2027-03-14T20:30:00+00:00",
             "{at}"
         );
     }
@@ -124,7 +124,7 @@ fn every_message_goes_inside_its_recipients_local_window() {
     assert!(
         per_zone["Asia/Kolkata"]
             .iter()
-            .all(|at| at.to_rfc3339() >= "2027-03-14T06:30:00+00:00".to_string())
+            .all(|at| at.to_rfc3339().as_str() >= "2027-03-14T06:30:00+00:00")
     );
 }
 
