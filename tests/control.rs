@@ -252,3 +252,55 @@ fn write_empty_config(dir: &Path) -> PathBuf {
     std::fs::write(&p, "data_dir = \"data\"\n").unwrap();
     p
 }
+
+#[test]
+fn an_unsubscribe_mid_campaign_stops_everything_after_it() {
+    let run = start(2000, 300);
+    run.wait_sent(100);
+    // Everyone not sent yet unsubscribes (through the list the unsubscribe
+    // link feeds): from the moment it lands, none of them gets anything.
+    let sent: std::collections::BTreeSet<String> = outbox(&run.dir.path().join("data"))
+        .iter()
+        .map(|l| l["to"].as_str().unwrap().to_string())
+        .collect();
+    let audience = run.dir.path().join("audience.csv");
+    let expected = expected_spring_sale(&audience);
+    let later: Vec<String> = expected
+        .recipients
+        .values()
+        .filter(|r| r.2.is_some() && !sent.contains(&r.0))
+        .map(|r| r.0.clone())
+        .collect();
+    let list = run.dir.path().join("unsubscribed.txt");
+    std::fs::write(&list, later.join("\n")).unwrap();
+    run.command(&["suppress", "import", list.to_str().unwrap()]);
+    let landed_at = run.sent();
+    let (report, lines, _, _dir) = run.finish();
+    let after: Vec<&serde_json::Value> = lines[landed_at..]
+        .iter()
+        .filter(|l| later.contains(&l["to"].as_str().unwrap().to_string()))
+        .collect();
+    // Batches already claimed when the list changed may still go; nothing
+    // claimed after it does. With 50-message batches, at most two in flight.
+    assert!(
+        after.len() <= 100,
+        "{} sent after the unsubscribe landed",
+        after.len()
+    );
+    let suppressed = report["suppressed"].as_u64().unwrap();
+    let later_sent = lines
+        .iter()
+        .filter(|l| later.contains(&l["to"].as_str().unwrap().to_string()))
+        .count() as u64;
+    assert_eq!(
+        later_sent + suppressed,
+        later.len() as u64,
+        "each unsubscriber is sent (before) or suppressed: {report}"
+    );
+    assert!(suppressed > 0, "{report}");
+    assert_eq!(
+        report["sent"].as_u64().unwrap() + suppressed,
+        eligible_ids(&audience).len() as u64,
+        "everyone is sent or suppressed: {report}"
+    );
+}

@@ -49,6 +49,15 @@ pub struct Config {
     pub api: ApiConfig,
     #[serde(default)]
     pub tracking: TrackingConfig,
+    /// The deployment's frequency cap; a campaign's `[frequency]` wins.
+    #[serde(default)]
+    pub frequency: crate::campaign::FrequencySection,
+}
+
+/// `"7d"`, `"36h"`: a duration as people write it (humantime).
+pub fn duration_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
 /// `squall serve`: where it listens and who may do what.
@@ -115,7 +124,7 @@ impl Role {
 pub struct TrackingConfig {
     /// A conversion counts for the last campaign message the recipient got
     /// within this window before it.
-    #[serde(default = "default_attribution", with = "humantime_serde_compat")]
+    #[serde(default = "default_attribution", deserialize_with = "duration_text")]
     pub attribution_window: Duration,
     /// Count machine opens (privacy-proxy prefetches) in open rates.
     #[serde(default)]
@@ -151,17 +160,6 @@ fn default_attribution() -> Duration {
 
 fn yes() -> bool {
     true
-}
-
-/// `"7d"`, `"36h"`: durations as people write them (humantime).
-mod humantime_serde_compat {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

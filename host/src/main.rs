@@ -340,7 +340,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let mut opts = RunOptions::new(data_dir);
             opts.personalise_workers = personalise_workers;
             if let Some(path) = config {
-                opts.providers = Config::load(Some(&path))?.providers;
+                let config = Config::load(Some(&path))?;
+                opts.providers = config.providers;
+                opts.frequency = config.frequency.max_messages_per_recipient;
             }
             let stop = opts.stop.clone();
             tokio::spawn(async move {

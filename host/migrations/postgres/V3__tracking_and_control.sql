@@ -1,10 +1,10 @@
 -- See it live and steer it: tracking events and conversions, the tracking
 -- link key, pause/resume/cancel controls with the batches a pause holds,
--- and a ledger state for messages a cancel stopped.
+-- and ledger states for messages a cancel or the frequency cap stopped.
 
 ALTER TABLE ledger DROP CONSTRAINT IF EXISTS ledger_state_check;
 ALTER TABLE ledger ADD CONSTRAINT ledger_state_check
-    CHECK (state IN ('claimed', 'delivered', 'failed', 'in_doubt', 'suppressed', 'cancelled'));
+    CHECK (state IN ('claimed', 'delivered', 'failed', 'in_doubt', 'suppressed', 'cancelled', 'capped'));
 -- Bounces name a Message-ID; conversions look up a recipient's last message.
 CREATE INDEX ledger_by_message ON ledger (message_id);
 CREATE INDEX ledger_by_recipient ON ledger (recipient_id, updated_at) WHERE state = 'delivered';

@@ -127,6 +127,18 @@ impl Campaign {
         };
         let hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()));
         let (timing, timezone_field) = check_schedule(&file, &map, &columns, &mut problems);
+        if let Some(f) = &file.audience.consent_field
+            && !columns.contains(f.get_ref())
+        {
+            problems.push(map.at_span(
+                &f.span(),
+                format!(
+                    "audience.consent_field `{}` is not a field of the audience ({})",
+                    f.get_ref(),
+                    columns.join(", ")
+                ),
+            ));
+        }
         let campaign = Campaign {
             timing,
             timezone_field,

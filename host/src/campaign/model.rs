@@ -28,6 +28,26 @@ pub struct CampaignFile {
     pub tracking: TrackingSection,
     #[serde(default)]
     pub schedule: ScheduleSection,
+    #[serde(default)]
+    pub frequency: FrequencySection,
+}
+
+/// How many messages one person may get across campaigns.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrequencySection {
+    /// Overrides the deployment's (`squall.toml`).
+    pub max_messages_per_recipient: Option<FrequencyCap>,
+}
+
+/// At most `count` messages delivered to a recipient per `per` (all
+/// campaigns of the store together), e.g. `{ count = 3, per = "7d" }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrequencyCap {
+    pub count: u32,
+    #[serde(deserialize_with = "crate::config::duration_text")]
+    pub per: std::time::Duration,
 }
 
 /// When messages may go (see `schedule::Timing`).
@@ -113,6 +133,10 @@ pub struct AudienceSection {
     /// carries beyond its first lines.
     #[serde(default)]
     pub fields: BTreeMap<String, Spanned<FieldType>>,
+    /// A field that must be `true` for a recipient to get anything on this
+    /// campaign's channel (e.g. `sms_opt_in`); others are skipped and
+    /// counted as `no_consent`.
+    pub consent_field: Option<Spanned<String>>,
 }
 
 fn default_id_field() -> Spanned<String> {

@@ -80,6 +80,8 @@ pub struct RunCounters {
     pub skipped_already_sent: AtomicU64,
     /// Not sent: cancelled while queued.
     pub cancelled: AtomicU64,
+    /// Not sent: the frequency cap.
+    pub capped: AtomicU64,
     /// Held by a pause (parked in the store until a resume).
     pub parked: AtomicU64,
     pub dead_lettered: AtomicU64,
@@ -128,6 +130,7 @@ impl RunCounters {
             &self.suppressed,
             &self.skipped_already_sent,
             &self.cancelled,
+            &self.capped,
             &self.unsegmented,
             &self.rejected,
             &self.dead_lettered,

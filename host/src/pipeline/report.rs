@@ -16,6 +16,8 @@ pub struct Totals {
     pub audience: u64,
     pub rejected: u64,
     pub unsegmented: u64,
+    /// Skipped: no consent on the campaign's channel.
+    pub no_consent: u64,
     pub per_segment: BTreeMap<String, u64>,
     pub per_variant: BTreeMap<String, u64>,
     pub sent: u64,
@@ -26,6 +28,8 @@ pub struct Totals {
     pub in_doubt: u64,
     /// Not sent: cancelled while queued.
     pub cancelled: u64,
+    /// Not sent: the recipient had reached the frequency cap.
+    pub capped: u64,
     pub dead_lettered: u64,
     /// Why, per dead letter (payloads stay in the store).
     pub dead_letters: Vec<DeadLetterSummary>,
@@ -49,7 +53,9 @@ impl Totals {
             + self.suppressed
             + self.in_doubt
             + self.cancelled
+            + self.capped
             + self.unsegmented
+            + self.no_consent
             + self.dead_lettered;
         valid.saturating_sub(ended)
     }
@@ -78,6 +84,7 @@ pub async fn totals(
         audience: state.rows_read,
         rejected: store.reject_count(campaign).await?,
         unsegmented: segment.unsegmented,
+        no_consent: segment.no_consent,
         per_segment: segment.per_segment,
         per_variant: segment.per_variant,
         sent: ledger.delivered,
@@ -85,6 +92,7 @@ pub async fn totals(
         suppressed: ledger.suppressed,
         in_doubt: ledger.in_doubt,
         cancelled: ledger.cancelled,
+        capped: ledger.capped,
         dead_lettered: dead_letters.iter().map(|d| d.recipients).sum(),
         dead_letters,
     })

@@ -39,6 +39,9 @@ pub struct RunOptions {
     pub stop: Arc<AtomicBool>,
     /// `[[provider]]` entries of `squall.toml`, for campaigns that name them.
     pub providers: Vec<ProviderConfig>,
+    /// The deployment's frequency cap (`squall.toml`), unless the campaign
+    /// sets its own.
+    pub frequency: Option<crate::campaign::FrequencyCap>,
 }
 
 impl RunOptions {
@@ -49,6 +52,7 @@ impl RunOptions {
             on_progress: None,
             stop: Arc::new(AtomicBool::new(false)),
             providers: Vec::new(),
+            frequency: None,
         }
     }
 }
@@ -153,13 +157,14 @@ async fn execute(
     let counters = Arc::new(RunCounters::default());
     let names = |stage: &str| format!("{id}.{stage}");
     let key = crate::tracking::signing_key(&*store).await?;
-    let shared = Shared::new(
+    let mut shared = Shared::new(
         campaign,
         queue_dyn.clone(),
         store.clone(),
         counters.clone(),
         &key,
     );
+    shared.frequency = shared.frequency.or(opts.frequency);
     let limits = &campaign.file.limits;
     // A batch must never come back while it is still being worked on.
     let visibility = Duration::from_millis(limits.timeout_ms * 3).max(Duration::from_secs(60));

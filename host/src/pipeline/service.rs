@@ -114,6 +114,7 @@ pub async fn work(backends: &Backends, opts: WorkerOptions) -> anyhow::Result<Wo
         data_dir: config.data_dir.clone(),
         store: backends.store.clone(),
         transports: transports.clone(),
+        frequency: config.frequency.max_messages_per_recipient,
         loaded: Default::default(),
         engines: Default::default(),
     });
@@ -196,6 +197,8 @@ struct Campaigns {
     /// One per destination, shared by the campaigns that use it; the
     /// outbox is one file per worker process.
     transports: Arc<Transports>,
+    /// The deployment's frequency cap, unless a campaign sets its own.
+    frequency: Option<crate::campaign::FrequencyCap>,
     loaded: tokio::sync::Mutex<HashMap<String, Arc<Prepared>>>,
     /// Engines by sandbox limits: creating one reserves the instance pool.
     engines: std::sync::Mutex<HashMap<(u32, u64), Arc<StageEngine>>>,
@@ -325,7 +328,8 @@ impl Router {
         let key = crate::tracking::signing_key(&*store)
             .await
             .map_err(|e| infra(e, 0))?;
-        let shared = Shared::new(&p.campaign, queue, store, counters, &key);
+        let mut shared = Shared::new(&p.campaign, queue, store, counters, &key);
+        shared.frequency = shared.frequency.or(self.campaigns.frequency);
         let stages = p.stages.lock().unwrap();
         let processor = match self.campaigns.stage {
             Stage::Segment => Loaded::Segment(SegmentProcessor {

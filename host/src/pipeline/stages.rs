@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use squall_pipeline_core::ids::message_id;
 use squall_pipeline_core::message::{Channel, Outgoing};
+use squall_pipeline_core::record::Value;
 use squall_pipeline_core::template::Rendered;
 
 use super::control::{self, ControlView};
@@ -46,6 +47,10 @@ pub struct Shared {
     /// time zone.
     pub timing: Arc<crate::schedule::Timing>,
     pub timezone_field: Option<String>,
+    /// The audience field that must be `true` (channel consent).
+    pub consent_field: Option<String>,
+    /// The campaign's frequency cap, or else the deployment's.
+    pub frequency: Option<crate::campaign::FrequencyCap>,
 }
 
 impl Shared {
@@ -85,6 +90,13 @@ impl Shared {
             controls: Arc::new(ControlView::new(campaign.id())),
             timing: Arc::new(campaign.timing.clone()),
             timezone_field: campaign.timezone_field.clone(),
+            consent_field: campaign
+                .file
+                .audience
+                .consent_field
+                .as_ref()
+                .map(|f| f.get_ref().clone()),
+            frequency: campaign.file.frequency.max_messages_per_recipient,
         }
     }
 }
@@ -227,8 +239,22 @@ impl Processor for SegmentProcessor {
 impl SegmentProcessor {
     /// A batch already decoded (a deployment's worker decodes it once, to
     /// route it to its campaign).
-    pub async fn process_envelope(&mut self, env: SegmentEnvelope) -> Result<(), BatchFailure> {
+    pub async fn process_envelope(&mut self, mut env: SegmentEnvelope) -> Result<(), BatchFailure> {
         let n = env.items.len() as u64;
+        // Without consent on this channel, a recipient is not even segmented.
+        let mut no_consent = 0;
+        if let Some(i) = self
+            .shared
+            .consent_field
+            .as_ref()
+            .and_then(|f| env.columns.iter().position(|c| c == f))
+        {
+            env.items.retain(|r| {
+                let yes = matches!(r.values.get(i), Some(Some(Value::Bool(true))));
+                no_consent += u64::from(!yes);
+                yes
+            });
+        }
         let batch = wit::RecipientBatch {
             campaign: env.campaign.clone(),
             columns: env.columns.clone(),
@@ -247,6 +273,7 @@ impl SegmentProcessor {
         }
         let mut stats = BatchStats {
             recipients: n,
+            no_consent,
             ..Default::default()
         };
         let mut placed = Vec::with_capacity(batch.recipients.len());
@@ -295,8 +322,15 @@ impl SegmentProcessor {
             .record_batch(&env.campaign, "segment", &env.batch, &stats)
             .await
             .map_err(|e| infra(e, n))?;
-        RunCounters::add(&self.shared.counters.segmented, n - stats.unsegmented);
-        RunCounters::add(&self.shared.counters.unsegmented, stats.unsegmented);
+        RunCounters::add(
+            &self.shared.counters.segmented,
+            n - stats.unsegmented - stats.no_consent,
+        );
+        // Neither kind of skip gets a message: both end here.
+        RunCounters::add(
+            &self.shared.counters.unsegmented,
+            stats.unsegmented + stats.no_consent,
+        );
         Ok(())
     }
 }
@@ -508,6 +542,22 @@ impl SendProcessor {
             .suppressed(&addresses)
             .await
             .map_err(|e| infra(e, n))?;
+        // The cap counts deliveries of every campaign: looked up like the
+        // suppression list, before claiming. Two campaigns sending to one
+        // person at the same instant may both pass (documented).
+        let recent = match shared.frequency {
+            Some(cap) => {
+                let ids: Vec<String> = env.items.iter().map(|m| m.recipient_id.clone()).collect();
+                let since = now_ms() - cap.per.as_millis() as i64;
+                let counts = shared
+                    .store
+                    .recent_deliveries(&ids, since)
+                    .await
+                    .map_err(|e| infra(e, n))?;
+                Some((cap, counts))
+            }
+            None => None,
+        };
         let claims: Vec<LedgerClaim> = env
             .items
             .iter()
@@ -535,7 +585,22 @@ impl SendProcessor {
                         ledger_key(&m),
                         Settlement::Suppressed(format!("suppressed ({})", why.as_str())),
                     )),
-                    None => mine.push(m),
+                    None => match &recent {
+                        Some((cap, counts))
+                            if counts.get(&m.recipient_id).copied().unwrap_or(0)
+                                >= u64::from(cap.count) =>
+                        {
+                            skipped.push((
+                                ledger_key(&m),
+                                Settlement::Capped(format!(
+                                    "frequency cap: {} message(s) per {}",
+                                    cap.count,
+                                    humantime::format_duration(cap.per)
+                                )),
+                            ))
+                        }
+                        _ => mine.push(m),
+                    },
                 },
                 ClaimOutcome::Settled => RunCounters::add(&shared.counters.skipped_already_sent, 1),
                 ClaimOutcome::Busy => busy += 1,
@@ -543,12 +608,16 @@ impl SendProcessor {
         }
         if !skipped.is_empty() {
             settle_surely(&*shared.store, &env.campaign, &self.owner, &skipped, n).await?;
-            let stopped = skipped
-                .iter()
-                .filter(|(_, s)| matches!(s, Settlement::Cancelled(_)))
-                .count() as u64;
+            let count =
+                |f: fn(&Settlement) -> bool| skipped.iter().filter(|(_, s)| f(s)).count() as u64;
+            let stopped = count(|s| matches!(s, Settlement::Cancelled(_)));
+            let capped = count(|s| matches!(s, Settlement::Capped(_)));
             RunCounters::add(&shared.counters.cancelled, stopped);
-            RunCounters::add(&shared.counters.suppressed, skipped.len() as u64 - stopped);
+            RunCounters::add(&shared.counters.capped, capped);
+            RunCounters::add(
+                &shared.counters.suppressed,
+                skipped.len() as u64 - stopped - capped,
+            );
         }
         if !mine.is_empty() {
             self.send_claimed(&env.campaign, &env.batch, mine).await?;

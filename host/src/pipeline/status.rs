@@ -59,7 +59,12 @@ pub async fn status(backends: &Backends, campaign: &str) -> anyhow::Result<Statu
         let depth = backends.queue.depth(stage.name()).await?;
         let processed = match stage {
             Stage::Send => {
-                totals.sent + totals.failed + totals.suppressed + totals.in_doubt + totals.cancelled
+                totals.sent
+                    + totals.failed
+                    + totals.suppressed
+                    + totals.in_doubt
+                    + totals.cancelled
+                    + totals.capped
             }
             other => store.stage_totals(campaign, other.name()).await?.recipients,
         };

@@ -45,6 +45,9 @@ pub struct BatchStats {
     pub recipients: u64,
     #[serde(default)]
     pub unsegmented: u64,
+    /// Skipped: the campaign's consent field is not `true` for them.
+    #[serde(default)]
+    pub no_consent: u64,
     #[serde(default)]
     pub per_segment: BTreeMap<String, u64>,
     #[serde(default)]
@@ -55,6 +58,7 @@ impl BatchStats {
     pub fn merge(&mut self, other: &BatchStats) {
         self.recipients += other.recipients;
         self.unsegmented += other.unsegmented;
+        self.no_consent += other.no_consent;
         for (k, v) in &other.per_segment {
             *self.per_segment.entry(k.clone()).or_default() += v;
         }
@@ -140,6 +144,9 @@ pub enum Settlement {
     /// Not sent, never to be: its campaign (or segment, variant) was
     /// cancelled while it was queued.
     Cancelled(String),
+    /// Not sent, never to be: the recipient had their share of messages
+    /// (the frequency cap) when it was due.
+    Capped(String),
     /// Not sent; the claim is dropped so a retry may send it.
     Released,
     /// Maybe sent (the worker died mid-request, the transport cannot tell):
@@ -161,6 +168,8 @@ pub struct LedgerTotals {
     pub suppressed: u64,
     #[serde(default)]
     pub cancelled: u64,
+    #[serde(default)]
+    pub capped: u64,
 }
 
 impl LedgerTotals {
@@ -172,6 +181,7 @@ impl LedgerTotals {
             "in_doubt" => self.in_doubt += n,
             "suppressed" => self.suppressed += n,
             "cancelled" => self.cancelled += n,
+            "capped" => self.capped += n,
             _ => {}
         }
     }
@@ -409,6 +419,14 @@ pub trait Store: Send + Sync {
     /// The ledger's row for a message id (a bounce names the Message-ID).
     async fn sent_message(&self, message_id: &str) -> Result<Option<SentMessage>, StoreError>;
 
+    /// Messages delivered to each of these recipients since `since` (Unix
+    /// ms), every campaign together: what the frequency cap counts.
+    async fn recent_deliveries(
+        &self,
+        recipient_ids: &[String],
+        since: i64,
+    ) -> Result<HashMap<String, u64>, StoreError>;
+
     /// The last message delivered to a recipient within [since, until].
     async fn last_delivered(
         &self,
@@ -576,6 +594,7 @@ pub(crate) mod contract {
                 in_doubt: 0,
                 suppressed: 0,
                 cancelled: 0,
+                capped: 0,
             }
         );
     }
@@ -671,6 +690,7 @@ pub(crate) mod contract {
         let stats = BatchStats {
             recipients: 3,
             unsegmented: 1,
+            no_consent: 0,
             per_segment: [("vip".to_string(), 2)].into(),
             per_variant: [("vip/a".to_string(), 2)].into(),
         };
@@ -987,6 +1007,18 @@ pub(crate) mod contract {
         );
         assert_eq!(m.reference().segment, "vip");
         assert!(s.sent_message("nope").await.unwrap().is_none());
+        let recent = s
+            .recent_deliveries(&["1".into(), "2".into(), "3".into()], 0)
+            .await
+            .unwrap();
+        assert_eq!(recent.get("1"), Some(&1));
+        assert_eq!(recent.get("2"), None, "cancelled is not delivered");
+        assert!(
+            s.recent_deliveries(&["1".into()], i64::MAX)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let last = s.last_delivered("1", 0, i64::MAX).await.unwrap();
         assert_eq!(last.map(|m| m.message_id), Some("m-1".into()));
         assert!(

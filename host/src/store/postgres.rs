@@ -165,6 +165,7 @@ async fn settle_batch(
             Settlement::Failed(r) => ("failed", r),
             Settlement::Suppressed(r) => ("suppressed", r),
             Settlement::Cancelled(r) => ("cancelled", r),
+            Settlement::Capped(r) => ("capped", r),
             _ => continue,
         };
         fr.push(k.recipient_id.clone());
@@ -818,6 +819,31 @@ impl Store for PostgresStore {
             .await
             .map_err(err)?;
         Ok(row.as_ref().map(sent_row))
+    }
+
+    async fn recent_deliveries(
+        &self,
+        recipient_ids: &[String],
+        since: i64,
+    ) -> Result<HashMap<String, u64>, StoreError> {
+        if recipient_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT recipient_id, COUNT(*) FROM ledger
+                 WHERE recipient_id = ANY($1) AND state = 'delivered' AND updated_at >= $2
+                 GROUP BY recipient_id",
+                &[&recipient_ids, &since],
+            )
+            .await
+            .map_err(err)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
+            .collect())
     }
 
     async fn last_delivered(

@@ -146,7 +146,7 @@ CREATE TABLE IF NOT EXISTS ledger (
     recipient_id TEXT NOT NULL,
     message_key TEXT NOT NULL,
     message_id TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('claimed', 'delivered', 'failed', 'in_doubt', 'suppressed', 'cancelled')),
+    state TEXT NOT NULL CHECK (state IN ('claimed', 'delivered', 'failed', 'in_doubt', 'suppressed', 'cancelled', 'capped')),
     owner TEXT NOT NULL,
     detail TEXT,
     updated_at INTEGER NOT NULL,
@@ -188,7 +188,8 @@ impl SqliteStore {
 }
 
 /// Opens the ledger, first widening the state check of a ledger made before
-/// cancelling existed (SQLite cannot alter a CHECK: the table is rebuilt).
+/// the newest states (cancelled, capped) existed; SQLite cannot alter a
+/// CHECK, so the table is rebuilt.
 fn open_ledger(path: &Path) -> Result<Db, StoreError> {
     let unavailable =
         |e: rusqlite::Error| StoreError::Unavailable(format!("{}: {e}", path.display()));
@@ -202,7 +203,7 @@ fn open_ledger(path: &Path) -> Result<Db, StoreError> {
             )
             .optional()
             .map_err(unavailable)?;
-        if sql.is_some_and(|s| !s.contains("'cancelled'")) {
+        if sql.is_some_and(|s| !s.contains("'capped'")) {
             conn.execute_batch(
                 "BEGIN IMMEDIATE;
                  ALTER TABLE ledger RENAME TO ledger_before_cancel;",
@@ -258,10 +259,12 @@ fn settle_batch(
             Settlement::Released => released.push(pair),
             Settlement::Failed(reason)
             | Settlement::Suppressed(reason)
-            | Settlement::Cancelled(reason) => {
+            | Settlement::Cancelled(reason)
+            | Settlement::Capped(reason) => {
                 let state = match s {
                     Settlement::Failed(_) => "failed",
                     Settlement::Suppressed(_) => "suppressed",
+                    Settlement::Capped(_) => "capped",
                     _ => "cancelled",
                 };
                 tx.prepare_cached(
@@ -970,6 +973,32 @@ impl Store for SqliteStore {
                     sent_row,
                 )
                 .optional()
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn recent_deliveries(
+        &self,
+        recipient_ids: &[String],
+        since: i64,
+    ) -> Result<HashMap<String, u64>, StoreError> {
+        if recipient_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let list = serde_json::to_string(recipient_ids).unwrap_or_default();
+        self.ledger
+            .call(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT recipient_id, COUNT(*) FROM ledger
+                     WHERE recipient_id IN (SELECT value FROM json_each(?1))
+                       AND state = 'delivered' AND updated_at >= ?2
+                     GROUP BY recipient_id",
+                )?;
+                let rows = stmt.query_map(params![list, since], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                })?;
+                rows.collect()
             })
             .await
             .map_err(err)
