@@ -153,3 +153,85 @@ fn schedule_mistakes_are_reported_where_they_are() {
         );
     }
 }
+
+#[test]
+fn a_dry_run_says_who_gets_what_and_when_and_sends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = campaign(dir.path(), 40);
+    let data = dir.path().join("data");
+    let config = dir.path().join("squall.toml");
+    std::fs::write(&config, "data_dir = \"data\"\n").unwrap();
+    let out = squall()
+        .args(["suppress", "add", "r3@example.org", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = squall()
+        .args([
+            "run",
+            "--dry-run",
+            "--now",
+            "2027-03-13T22:00:00Z",
+            "--json",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (r["would_send"].clone(), r["suppressed"].clone()),
+        (39.into(), 1.into()),
+        "{r}"
+    );
+    assert_eq!(
+        r["first_send_at"], "2027-03-13T23:00:00Z",
+        "Auckland's noon first"
+    );
+    assert_eq!(
+        r["last_send_at"], "2027-03-14T19:00:00Z",
+        "Los Angeles' noon on its DST day last"
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(r["file"].as_str().unwrap())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 40);
+    let noon = NaiveTime::from_hms_opt(12, 0, 0).unwrap();
+    for l in lines.iter().filter(|l| l["outcome"] == "send") {
+        let i: usize = l["recipient_id"].as_str().unwrap()[1..].parse().unwrap();
+        let zone: chrono_tz::Tz = match ZONES[i % ZONES.len()] {
+            "" => "Europe/London",
+            z => z,
+        }
+        .parse()
+        .unwrap();
+        let at = DateTime::parse_from_rfc3339(l["at"].as_str().unwrap()).unwrap();
+        assert_eq!(at.with_timezone(&zone).time(), noon, "{l}");
+    }
+    assert_eq!(
+        lines.iter().find(|l| l["to"] == "r3@example.org").unwrap()["outcome"],
+        "suppressed"
+    );
+    assert!(outbox(&data).is_empty(), "a dry run sends nothing");
+    // Nor does it record anything: the store has never heard of it.
+    let status = squall()
+        .args(["status", "lunchtime", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!status.status.success());
+    assert!(String::from_utf8_lossy(&status.stderr).contains("never launched or run"));
+}

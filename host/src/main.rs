@@ -72,6 +72,14 @@ enum Command {
         /// (its queue and store settings are not used: `run` is embedded).
         #[arg(long, env = "SQUALL_CONFIG")]
         config: Option<PathBuf>,
+        /// Evaluate everything (segments, variants, consent, suppression,
+        /// the frequency cap, the schedule) and write what would be sent
+        /// and when to `<data-dir>/dry-run/<campaign>.jsonl`; send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// With `--dry-run`: the instant to plan from (RFC 3339; default now).
+        #[arg(long, requires = "dry_run")]
+        now: Option<String>,
     },
     /// Benchmark the pipeline against a native baseline on a synthetic audience.
     Bench(squall::bench::BenchArgs),
@@ -331,8 +339,62 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             campaign,
             data_dir,
             json,
+            config,
+            dry_run: true,
+            now,
+            ..
+        } => {
+            let Some(c) = load(&campaign) else {
+                return Ok(ExitCode::from(INVALID));
+            };
+            let frequency = match &config {
+                Some(p) => Config::load(Some(p))?.frequency.max_messages_per_recipient,
+                None => None,
+            };
+            let now_ms = match now {
+                Some(t) => humantime::parse_rfc3339_weak(&t)
+                    .with_context(|| format!("--now {t}: use RFC 3339, like 2027-03-01T09:00:00Z"))?
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_millis() as i64,
+                None => squall::schedule::clock::now_ms(),
+            };
+            let store = squall::store::sqlite::SqliteStore::open(&data_dir)?;
+            let out = data_dir.join("dry-run").join(format!("{}.jsonl", c.id()));
+            let r = squall::pipeline::dry_run::dry_run(&c, &store, frequency, now_ms, out).await?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{} (dry run from {}): {} would be sent{}; {} suppressed, {} capped, {} without consent, {} unsegmented, {} rejected, {} cannot be rendered",
+                    r.campaign,
+                    r.now,
+                    r.would_send,
+                    match (&r.first_send_at, &r.last_send_at) {
+                        (Some(a), Some(b)) if a != b => format!(" between {a} and {b}"),
+                        (Some(a), _) => format!(" at {a}"),
+                        _ => String::new(),
+                    },
+                    r.suppressed,
+                    r.capped,
+                    r.no_consent,
+                    r.unsegmented,
+                    r.rejected,
+                    r.render_failed
+                );
+                for (k, n) in &r.per_variant {
+                    println!("  {k:<24} {n}");
+                }
+                println!("  every recipient, with when: {}", r.file.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            campaign,
+            data_dir,
+            json,
             personalise_workers,
             config,
+            ..
         } => {
             let Some(c) = load(&campaign) else {
                 return Ok(ExitCode::from(INVALID));

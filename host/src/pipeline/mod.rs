@@ -9,6 +9,7 @@ pub mod backends;
 pub mod control;
 pub mod convert;
 pub mod counters;
+pub mod dry_run;
 pub mod envelope;
 pub mod intake;
 pub mod launch;
