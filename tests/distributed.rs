@@ -627,3 +627,46 @@ fn pause_and_resume_reach_every_worker_and_lose_nothing() {
     assert_eq!(ids, eligible, "everyone eligible got exactly one message");
     assert_eq!(status["parked_batches"], 0);
 }
+
+#[test]
+fn two_workers_share_one_providers_rate() {
+    let Some(mut d) = Deployment::with_batch_size(40) else {
+        return;
+    };
+    let rate = 150.0;
+    let mut config = std::fs::read_to_string(&d.config).unwrap();
+    config.push_str(&format!(
+        "\n[[provider]]\nname = \"paced\"\nkind = \"outbox\"\nrate_per_second = {rate}\n"
+    ));
+    std::fs::write(&d.config, config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let campaign = spring_sale_with_providers(dir.path(), 3000, &["paced"], "");
+    d.launch(&campaign);
+    d.start_worker("segment", "segment");
+    d.start_worker("personalise", "personalise");
+    d.start_worker("send", "send-1");
+    d.start_worker("send", "send-2");
+    d.wait_until("spring-sale", Duration::from_secs(300), complete);
+    d.stop_workers();
+    let lines = d.outbox();
+    exactly_once(&lines);
+    let mut at: Vec<i64> = lines
+        .iter()
+        .map(|l| l["sent_at"].as_i64().unwrap())
+        .collect();
+    at.sort();
+    let span_s = (at[at.len() - 1] - at[0]) as f64 / 1000.0;
+    let measured = (at.len() - 1) as f64 / span_s;
+    eprintln!("two workers, one provider at {rate}/s: {measured:.1}/s measured");
+    assert!(
+        (measured - rate).abs() / rate <= 0.05,
+        "{} messages in {span_s:.1} s: {measured:.1}/s, not within 5% of {rate}/s",
+        at.len()
+    );
+    // Both workers sent: the rate is shared, not one worker doing it all.
+    let files = std::fs::read_dir(d.data().join("outbox"))
+        .unwrap()
+        .filter(|f| std::fs::metadata(f.as_ref().unwrap().path()).unwrap().len() > 0)
+        .count();
+    assert_eq!(files, 2);
+}

@@ -76,3 +76,10 @@ CREATE TABLE stage_stats (
     updated_at BIGINT NOT NULL,
     PRIMARY KEY (worker, stage)
 );
+
+-- Rate limits shared by every worker: a virtual-time token bucket per key
+-- (GCRA), advanced atomically.
+CREATE TABLE rate_limits (
+    key TEXT PRIMARY KEY,
+    tat_ms DOUBLE PRECISION NOT NULL
+);

@@ -87,8 +87,12 @@ impl Transport for OutboxTransport {
 
     async fn deliver(&self, batch: &[Dispatch]) -> Vec<Outcome> {
         let mut buf = Vec::with_capacity(batch.len() * 512);
+        // Stamped when written, after any wait for the provider's rate.
+        let now = crate::schedule::clock::now_ms();
         for d in batch {
-            if serde_json::to_writer(&mut buf, &d.record).is_err() {
+            let mut record = d.record.clone();
+            record.sent_at = now;
+            if serde_json::to_writer(&mut buf, &record).is_err() {
                 return vec![Outcome::transient("cannot encode outbox line"); batch.len()];
             }
             buf.push(b'\n');

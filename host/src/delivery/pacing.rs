@@ -17,8 +17,19 @@ use futures::StreamExt;
 use super::Outcome;
 use super::metrics::ProviderMetrics;
 
+/// A provider rate shared with the other processes of a deployment (the
+/// pipeline coordinates it through the store). Waits until `n` sends of
+/// `key` may start at `rate_per_second` across all of them.
+#[async_trait::async_trait]
+pub trait SharedRate: Send + Sync {
+    async fn wait_turn(&self, key: &str, n: usize, rate_per_second: f64);
+}
+
 pub struct Pacing {
     limiter: Option<DefaultDirectRateLimiter>,
+    rate: Option<f64>,
+    /// Set when the deployment shares this provider's rate across processes.
+    shared: std::sync::OnceLock<(Arc<dyn SharedRate>, String)>,
     permits: Semaphore,
     pub concurrency: usize,
     pub metrics: Arc<ProviderMetrics>,
@@ -44,6 +55,8 @@ impl Pacing {
         let concurrency = concurrency.max(1) as usize;
         Pacing {
             limiter,
+            rate: rate_per_second.filter(|r| *r > 0.0),
+            shared: std::sync::OnceLock::new(),
             permits: Semaphore::new(concurrency),
             concurrency,
             metrics,
@@ -62,11 +75,27 @@ impl Pacing {
         outcome
     }
 
+    /// Shares the rate with the deployment's other processes under `key`:
+    /// each batch first takes its turn there, then is spread at the rate
+    /// here. Without a rate there is nothing to share.
+    pub fn share(&self, shared: Arc<dyn SharedRate>, key: String) {
+        let _ = self.shared.set((shared, key));
+    }
+
+    async fn turn(&self, n: usize) {
+        if let (Some(rate), Some((shared, key))) = (self.rate, self.shared.get())
+            && n > 0
+        {
+            shared.wait_turn(key, n, rate).await;
+        }
+    }
+
     /// Waits until `n` messages may go at the configured rate, for
     /// transports that deliver a whole batch in one write (the outbox):
     /// the batch goes when its last message's token is due, so the rate
     /// holds over any second.
     pub async fn admit(&self, n: usize) {
+        self.turn(n).await;
         if let Some(l) = &self.limiter {
             for _ in 0..n {
                 l.until_ready().await;
@@ -81,6 +110,7 @@ impl Pacing {
         F: Future<Output = Outcome>,
     {
         let paced: Vec<_> = attempts.map(|a| self.attempt(a)).collect();
+        self.turn(paced.len()).await;
         futures::stream::iter(paced)
             .buffered(self.concurrency)
             .collect()

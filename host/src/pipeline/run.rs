@@ -124,10 +124,13 @@ async fn execute(
     let queue = Arc::new(EmbeddedQueue::open(&opts.data_dir.join("queue.sqlite"))?);
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&opts.data_dir)?);
     let outbox_path = opts.data_dir.join("outbox.jsonl");
-    let transports = Arc::new(Transports::new(
-        opts.providers.clone(),
-        OutboxPlace::File(outbox_path.clone()),
-    ));
+    let transports = Arc::new(
+        Transports::new(
+            opts.providers.clone(),
+            OutboxPlace::File(outbox_path.clone()),
+        )
+        .sharing_rates(store.clone()),
+    );
     let transport: Arc<dyn Transport> = transports.get(campaign)?;
 
     let id = campaign.id().to_string();

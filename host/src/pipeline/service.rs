@@ -86,13 +86,16 @@ pub async fn work(backends: &Backends, opts: WorkerOptions) -> anyhow::Result<Wo
         })
     };
 
-    let transports = Arc::new(Transports::new(
-        config.providers.clone(),
-        OutboxPlace::Shared {
-            dir: config.data_dir.join("outbox"),
-            worker: id.clone(),
-        },
-    ));
+    let transports = Arc::new(
+        Transports::new(
+            config.providers.clone(),
+            OutboxPlace::Shared {
+                dir: config.data_dir.join("outbox"),
+                worker: id.clone(),
+            },
+        )
+        .sharing_rates(backends.store.clone()),
+    );
     // Provider figures reach the store every second, for `squall status`.
     let stats_task = {
         let (transports, store, id, c) = (

@@ -15,8 +15,10 @@ use crate::delivery::chain::ProviderChain;
 use crate::delivery::metrics::ProviderStats;
 use crate::delivery::null::NullTransport;
 use crate::delivery::outbox::OutboxTransport;
+use crate::delivery::pacing::SharedRate;
 use crate::delivery::provider::{Provider, ProviderConfig, ProviderKind};
 use crate::runtime::ComponentSource;
+use crate::store::Store;
 
 /// Where this process's outbox lines go.
 #[derive(Debug, Clone)]
@@ -33,6 +35,31 @@ pub struct Transports {
     outbox: Mutex<Option<Arc<dyn Transport>>>,
     providers: Mutex<HashMap<String, Arc<Provider>>>,
     made: Mutex<HashMap<TransportSpec, Arc<dyn Transport>>>,
+    /// Provider rates shared with every process of the store.
+    shared_rate: Option<Arc<dyn SharedRate>>,
+}
+
+/// Provider rate limits held in the store, so that N workers together keep
+/// a provider's `rate_per_second` instead of N times it. Batches take turns
+/// in the order they ask, whatever their campaign: campaigns share a
+/// provider by arrival, and a campaign waiting on a limit of its own holds
+/// no turn.
+pub struct StoreRate(pub Arc<dyn Store>);
+
+#[async_trait::async_trait]
+impl SharedRate for StoreRate {
+    async fn wait_turn(&self, key: &str, n: usize, rate_per_second: f64) {
+        match self.0.reserve(key, n as u32, rate_per_second).await {
+            Ok(start) => {
+                let wait = start - crate::sqlite::now_ms();
+                if wait > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(wait as u64)).await;
+                }
+            }
+            // The process's own pacing still holds the rate per process.
+            Err(e) => tracing::warn!("shared rate `{key}` unavailable, pacing locally: {e}"),
+        }
+    }
 }
 
 impl Transports {
@@ -43,7 +70,14 @@ impl Transports {
             outbox: Mutex::new(None),
             providers: Mutex::new(HashMap::new()),
             made: Mutex::new(HashMap::new()),
+            shared_rate: None,
         }
+    }
+
+    /// Shares every provider's rate through the store.
+    pub fn sharing_rates(mut self, store: Arc<dyn Store>) -> Transports {
+        self.shared_rate = Some(Arc::new(StoreRate(store)));
+        self
     }
 
     /// The campaign's transport, opened once per process.
@@ -89,6 +123,10 @@ impl Transports {
             return Ok(p.clone());
         }
         let p = Arc::new(config.open(|| self.outbox())?);
+        if let Some(shared) = &self.shared_rate {
+            p.pacing
+                .share(shared.clone(), format!("provider/{}", config.name));
+        }
         self.providers
             .lock()
             .unwrap()

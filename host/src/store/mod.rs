@@ -439,6 +439,12 @@ pub trait Store: Send + Sync {
     /// the same for every process that shares this store.
     async fn tracking_key(&self) -> Result<Vec<u8>, StoreError>;
 
+    /// Reserves `n` sends on a rate shared by every process of this store
+    /// (a virtual-time token bucket, GCRA: one row per key, advanced
+    /// atomically by `n / rate` seconds). Returns when the reserved sends may
+    /// start, Unix ms: now, or later when others reserved before.
+    async fn reserve(&self, key: &str, n: u32, rate_per_second: f64) -> Result<i64, StoreError>;
+
     /// A named value the deployment keeps (e.g. a campaign created through
     /// the API, for whichever server launches it).
     async fn setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
@@ -529,7 +535,8 @@ macro_rules! contract_tests {
             a_cancel_is_final_and_a_resume_lifts_pauses_within_its_scope,
             a_parked_batch_is_taken_by_one_worker,
             sent_messages_are_found_by_id_and_by_recipient,
-            stage_figures_of_every_worker_add_up);
+            stage_figures_of_every_worker_add_up,
+            a_shared_rate_is_reserved_in_turn);
     };
     (@each $setup:path; $($case:ident),*) => {$(
         #[tokio::test]
@@ -1063,5 +1070,19 @@ pub(crate) mod contract {
             ("send", 9, 1)
         );
         assert_eq!(all[1].latency_ms, vec![9, 0, 2]);
+    }
+
+    pub(crate) async fn a_shared_rate_is_reserved_in_turn(s: &dyn Store) {
+        let before = crate::sqlite::now_ms();
+        let a = s.reserve("provider/x", 50, 100.0).await.unwrap();
+        let b = s.reserve("provider/x", 50, 100.0).await.unwrap();
+        let other = s.reserve("provider/y", 50, 100.0).await.unwrap();
+        assert!(a >= before && a <= before + 1_000, "the first goes now");
+        assert!(
+            b - a >= 499 && b - a <= 501,
+            "the second waits for the first's 0.5 s: {}",
+            b - a
+        );
+        assert!(other - before < 1_000, "keys do not share");
     }
 }

@@ -887,6 +887,25 @@ impl Store for PostgresStore {
         Ok(row.get(0))
     }
 
+    async fn reserve(&self, key: &str, n: u32, rate_per_second: f64) -> Result<i64, StoreError> {
+        let cost = f64::from(n) * 1000.0 / rate_per_second.max(1e-9);
+        let now = now_ms() as f64;
+        // One row per key, advanced under its row lock: every worker of the
+        // deployment takes its turn.
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "INSERT INTO rate_limits (key, tat_ms) VALUES ($1, $2::float8 + $3::float8)
+                 ON CONFLICT (key) DO UPDATE SET tat_ms = GREATEST(rate_limits.tat_ms, $2::float8) + $3::float8
+                 RETURNING tat_ms",
+                &[&key, &now, &cost],
+            )
+            .await
+            .map_err(err)?;
+        Ok((row.get::<_, f64>(0) - cost) as i64)
+    }
+
     async fn setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let row = self
             .client()

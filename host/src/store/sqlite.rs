@@ -66,6 +66,10 @@ CREATE TABLE IF NOT EXISTS stage_stats (
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (worker, stage)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rate_limits (
+    key TEXT PRIMARY KEY,
+    tat_ms REAL NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS settings (
     name TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -1040,6 +1044,25 @@ impl Store for SqliteStore {
                     [],
                     |r| r.get(0),
                 )
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn reserve(&self, key: &str, n: u32, rate_per_second: f64) -> Result<i64, StoreError> {
+        let k = key.to_string();
+        let cost = f64::from(n) * 1000.0 / rate_per_second.max(1e-9);
+        self.db
+            .call(move |conn| {
+                let now = now_ms() as f64;
+                let tat: f64 = conn.query_row(
+                    "INSERT INTO rate_limits (key, tat_ms) VALUES (?1, ?2 + ?3)
+                     ON CONFLICT (key) DO UPDATE SET tat_ms = MAX(rate_limits.tat_ms, ?2) + ?3
+                     RETURNING tat_ms",
+                    params![k, now, cost],
+                    |r| r.get(0),
+                )?;
+                Ok((tat - cost) as i64)
             })
             .await
             .map_err(err)
