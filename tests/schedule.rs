@@ -235,3 +235,34 @@ fn a_dry_run_says_who_gets_what_and_when_and_sends_nothing() {
     assert!(!status.status.success());
     assert!(String::from_utf8_lossy(&status.stderr).contains("never launched or run"));
 }
+
+#[test]
+fn a_campaign_rate_spreads_sending_evenly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = spring_sale_copy(
+        dir.path(),
+        1200,
+        "outbox",
+        "\n[schedule]\nrate_per_second = 200\n",
+    );
+    let data = dir.path().join("data");
+    let (out, report) = run_json(&path, &data);
+    assert!(out.status.success(), "{report}");
+    let mut at: Vec<i64> = outbox(&data)
+        .iter()
+        .map(|l| l["sent_at"].as_i64().unwrap())
+        .collect();
+    at.sort();
+    let span_s = (at[at.len() - 1] - at[0]) as f64 / 1000.0;
+    let measured = (at.len() - 1) as f64 / span_s;
+    assert!(
+        (measured - 200.0).abs() / 200.0 <= 0.05,
+        "{measured:.1}/s for 200/s"
+    );
+    // Evenly: slices of a tenth of a second's worth, not batches of 500.
+    let burst = counts_by(&outbox(&data), |l| l["sent_at"].to_string())
+        .into_values()
+        .max()
+        .unwrap();
+    assert!(burst <= 20, "{burst} messages went at the same instant");
+}

@@ -66,6 +66,9 @@ pub struct ScheduleSection {
     pub timezone_field: Option<Spanned<String>>,
     /// Zone for recipients without a valid one (default UTC).
     pub timezone: Option<Spanned<String>>,
+    /// Spread this campaign's sends evenly at this rate (all workers
+    /// together) instead of as fast as its providers allow.
+    pub rate_per_second: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -51,6 +51,8 @@ pub struct Shared {
     pub consent_field: Option<String>,
     /// The campaign's frequency cap, or else the deployment's.
     pub frequency: Option<crate::campaign::FrequencyCap>,
+    /// `[schedule] rate_per_second`: the campaign's own pace.
+    pub stagger: Option<f64>,
 }
 
 impl Shared {
@@ -97,6 +99,7 @@ impl Shared {
                 .as_ref()
                 .map(|f| f.get_ref().clone()),
             frequency: campaign.file.frequency.max_messages_per_recipient,
+            stagger: campaign.file.schedule.rate_per_second.filter(|r| *r > 0.0),
         }
     }
 }
@@ -642,6 +645,36 @@ impl SendProcessor {
     }
 }
 
+/// Delivers a batch at the campaign's own pace: the batch takes its turn on
+/// the campaign's rate in the store (shared by every worker), then goes in
+/// small slices, one every 100 ms, so that sending is spread evenly rather
+/// than in bursts of a batch.
+async fn staggered(
+    transport: &dyn Transport,
+    store: Arc<dyn Store>,
+    campaign: &str,
+    rate: f64,
+    dispatches: &[Dispatch],
+) -> Vec<Outcome> {
+    use crate::delivery::pacing::SharedRate as _;
+    if dispatches.is_empty() {
+        return Vec::new();
+    }
+    let limiter = super::transports::StoreRate(store);
+    limiter
+        .wait_turn(&format!("campaign/{campaign}"), dispatches.len(), rate)
+        .await;
+    let slice = ((rate / 10.0).ceil() as usize).max(1);
+    let started = tokio::time::Instant::now();
+    let mut outcomes = Vec::with_capacity(dispatches.len());
+    for (i, part) in dispatches.chunks(slice).enumerate() {
+        let due = started + Duration::from_secs_f64((i * slice) as f64 / rate);
+        tokio::time::sleep_until(due).await;
+        outcomes.extend(transport.deliver(part).await);
+    }
+    outcomes
+}
+
 /// Parks the messages that may not go yet (before the campaign's start,
 /// outside the recipient's send window, in quiet hours) until they are due,
 /// grouped by the minute they are due; the rest of the batch goes on.
@@ -849,7 +882,19 @@ impl SendProcessor {
                 }
             }
         }
-        let outcomes = self.transport.deliver(&dispatches).await;
+        let outcomes = match shared.stagger {
+            Some(rate) => {
+                staggered(
+                    &*self.transport,
+                    shared.store.clone(),
+                    campaign,
+                    rate,
+                    &dispatches,
+                )
+                .await
+            }
+            None => self.transport.deliver(&dispatches).await,
+        };
         let mut transient = Vec::new();
         let mut unavailable = None;
         let mut not_before = Duration::ZERO;
