@@ -893,3 +893,27 @@ async fn a_campaign_created_on_one_server_launches_from_another() {
     .await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn stats_have_a_time_series_per_provider() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = write_config(
+        dir.path(),
+        &data,
+        "[[provider]]\nname = \"files\"\nkind = \"outbox\"\n",
+    );
+    let campaign = spring_sale_with_providers(dir.path(), 300, &["files"], "");
+    let (out, report) = run_json_with(&campaign, &data, Some(&config), &[]);
+    assert!(out.status.success(), "{report}");
+    let serve = Serve::start(&config);
+    let s = stats(&serve).await;
+    let series = s["series_by_provider"]["files"]
+        .as_array()
+        .expect("a series for the provider");
+    let delivered: u64 = series
+        .iter()
+        .map(|p| p["delivered"].as_u64().unwrap())
+        .sum();
+    assert_eq!(delivered, report["sent"].as_u64().unwrap(), "{s}");
+}

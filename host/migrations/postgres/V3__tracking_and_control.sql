@@ -83,3 +83,13 @@ CREATE TABLE rate_limits (
     key TEXT PRIMARY KEY,
     tat_ms DOUBLE PRECISION NOT NULL
 );
+
+-- Each worker's cumulative deliveries per provider, per 5-second bucket:
+-- the per-provider time series of the stats API.
+CREATE TABLE provider_history (
+    worker TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    bucket BIGINT NOT NULL,
+    delivered BIGINT NOT NULL,
+    PRIMARY KEY (worker, provider, bucket)
+);

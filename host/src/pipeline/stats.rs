@@ -74,6 +74,9 @@ pub struct CampaignStats {
     pub series: Vec<SeriesPoint>,
     pub series_by_segment: BTreeMap<String, Vec<SeriesPoint>>,
     pub series_by_variant: BTreeMap<String, Vec<SeriesPoint>>,
+    /// Deliveries per provider per 5 s, the whole deployment's (providers
+    /// are shared by campaigns).
+    pub series_by_provider: BTreeMap<String, Vec<SeriesPoint>>,
     pub bucket_ms: i64,
 }
 
@@ -203,7 +206,15 @@ pub async fn campaign_stats(
             .map(|(t, delivered)| SeriesPoint { t, delivered })
             .collect::<Vec<_>>()
     };
+    let mut series_by_provider: BTreeMap<String, Vec<SeriesPoint>> = BTreeMap::new();
+    for (provider, t, delivered) in store.provider_series(series_since).await? {
+        series_by_provider
+            .entry(provider)
+            .or_default()
+            .push(SeriesPoint { t, delivered });
+    }
     Ok(CampaignStats {
+        series_by_provider,
         campaign: campaign.to_string(),
         goal,
         status,

@@ -394,6 +394,11 @@ pub trait Store: Send + Sync {
     /// Every worker's provider figures, added up per provider.
     async fn provider_stats(&self) -> Result<Vec<ProviderStats>, StoreError>;
 
+    /// Messages each provider delivered per `PROVIDER_BUCKET_MS` since
+    /// `since` (Unix ms), every worker together: (provider, bucket start,
+    /// delivered), from the cumulative figures workers save.
+    async fn provider_series(&self, since: i64) -> Result<Vec<(String, i64, u64)>, StoreError>;
+
     /// A worker's cumulative stage figures (replacing its last save).
     async fn save_stage_stats(&self, worker: &str, stats: &[StageStats]) -> Result<(), StoreError>;
 
@@ -494,6 +499,35 @@ pub trait Store: Send + Sync {
     async fn unpark(&self, ids: &[String]) -> Result<(), StoreError>;
 
     async fn parked_count(&self, campaign: &str) -> Result<u64, StoreError>;
+}
+
+/// Resolution of the per-provider time series.
+pub const PROVIDER_BUCKET_MS: i64 = 5_000;
+
+/// Deliveries per (provider, bucket) from cumulative per-worker readings
+/// `(worker, provider, bucket, delivered so far)` in bucket order: each
+/// reading's increase over the same worker's previous one.
+/// Readings start one bucket before `since`: a worker alive then has one
+/// there (workers save every second), which is its baseline; a worker whose
+/// first reading is inside the span started in it and counts from zero.
+pub(crate) fn provider_deltas(
+    readings: impl IntoIterator<Item = (String, String, i64, u64)>,
+    since: i64,
+) -> Vec<(String, i64, u64)> {
+    let mut last: HashMap<(String, String), u64> = HashMap::new();
+    let mut out: BTreeMap<(String, i64), u64> = BTreeMap::new();
+    for (worker, provider, bucket, delivered) in readings {
+        let key = (worker, provider.clone());
+        let prev = match last.insert(key, delivered) {
+            Some(prev) => prev,
+            None if bucket < since => continue,
+            None => 0,
+        };
+        if bucket >= since {
+            *out.entry((provider, bucket)).or_default() += delivered.saturating_sub(prev);
+        }
+    }
+    out.into_iter().map(|((p, b), n)| (p, b, n)).collect()
 }
 
 /// Adds up saved per-worker figures per provider, in name order.
@@ -808,6 +842,17 @@ pub(crate) mod contract {
         s.save_provider_stats("w1", &[a.snapshot()]).await.unwrap();
         let all = s.provider_stats().await.unwrap();
         assert_eq!(all.len(), 1);
+        let series = s.provider_series(0).await.unwrap();
+        let delivered: u64 = series.iter().map(|(_, _, n)| n).sum();
+        assert!(series.iter().all(|(p, _, _)| p == "primary"));
+        // Both workers started inside the span: 2 (w1) + 1 (w2) delivered.
+        assert_eq!(delivered, 3, "{series:?}");
+        assert!(
+            s.provider_series(crate::sqlite::now_ms() + 60_000)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let p = &all[0];
         assert_eq!(
             (p.provider.as_str(), p.attempts, p.delivered, p.transient),

@@ -697,8 +697,40 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(err)?;
+            let bucket = now_ms() / PROVIDER_BUCKET_MS * PROVIDER_BUCKET_MS;
+            c.execute(
+                "INSERT INTO provider_history (worker, provider, bucket, delivered) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (worker, provider, bucket) DO UPDATE SET delivered = excluded.delivered",
+                &[&worker, &s.provider, &bucket, &(s.delivered as i64)],
+            )
+            .await
+            .map_err(err)?;
         }
         Ok(())
+    }
+
+    async fn provider_series(&self, since: i64) -> Result<Vec<(String, i64, u64)>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT worker, provider, bucket, delivered FROM provider_history
+                 WHERE bucket >= $1 ORDER BY bucket",
+                &[&(since - PROVIDER_BUCKET_MS)],
+            )
+            .await
+            .map_err(err)?;
+        Ok(provider_deltas(
+            rows.iter().map(|r| {
+                (
+                    r.get(0),
+                    r.get(1),
+                    r.get::<_, i64>(2),
+                    r.get::<_, i64>(3) as u64,
+                )
+            }),
+            since,
+        ))
     }
 
     async fn provider_stats(&self) -> Result<Vec<ProviderStats>, StoreError> {

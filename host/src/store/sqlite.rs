@@ -66,6 +66,13 @@ CREATE TABLE IF NOT EXISTS stage_stats (
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (worker, stage)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS provider_history (
+    worker TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    bucket INTEGER NOT NULL,
+    delivered INTEGER NOT NULL,
+    PRIMARY KEY (worker, provider, bucket)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rate_limits (
     key TEXT PRIMARY KEY,
     tat_ms REAL NOT NULL
@@ -851,11 +858,35 @@ impl Store for SqliteStore {
                          ON CONFLICT (worker, provider) DO UPDATE SET stats = excluded.stats, updated_at = excluded.updated_at",
                     )?
                     .execute(params![worker, provider, json, now_ms()])?;
+                    tx.prepare_cached(
+                        "INSERT INTO provider_history (worker, provider, bucket, delivered)
+                         VALUES (?1, ?2, ?3, json_extract(?4, '$.delivered'))
+                         ON CONFLICT (worker, provider, bucket) DO UPDATE SET delivered = excluded.delivered",
+                    )?
+                    .execute(params![worker, provider, now_ms() / PROVIDER_BUCKET_MS * PROVIDER_BUCKET_MS, json])?;
                 }
                 tx.commit()
             })
             .await
             .map_err(err)
+    }
+
+    async fn provider_series(&self, since: i64) -> Result<Vec<(String, i64, u64)>, StoreError> {
+        let readings: Vec<(String, String, i64, u64)> = self
+            .db
+            .call(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT worker, provider, bucket, delivered FROM provider_history
+                     WHERE bucket >= ?1 ORDER BY bucket",
+                )?;
+                let rows = stmt.query_map(params![since - PROVIDER_BUCKET_MS], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? as u64))
+                })?;
+                rows.collect()
+            })
+            .await
+            .map_err(err)?;
+        Ok(provider_deltas(readings, since))
     }
 
     async fn provider_stats(&self) -> Result<Vec<ProviderStats>, StoreError> {
