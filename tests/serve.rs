@@ -917,3 +917,53 @@ async fn stats_have_a_time_series_per_provider() {
         .sum();
     assert_eq!(delivered, report["sent"].as_u64().unwrap(), "{s}");
 }
+
+#[tokio::test]
+async fn without_a_config_it_serves_the_local_store_and_only_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let campaign = spring_sale_copy(dir.path(), 50, "outbox", "");
+    // A local `squall run` writes ./squall-data; `squall serve` reads it.
+    let out = squall()
+        .current_dir(dir.path())
+        .args(["run", "--json"])
+        .arg(&campaign)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let port = free_port();
+    let mut child = squall()
+        .current_dir(dir.path())
+        .env_remove("SQUALL_CONFIG")
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "serve did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (status, me) = get_json(&format!("{url}/api/me"), "").await;
+    assert_eq!(
+        (status, me["role"].clone(), me["open"].clone()),
+        (200, "admin".into(), true.into())
+    );
+    let (_, list) = get_json(&format!("{url}/api/campaigns"), "").await;
+    assert_eq!(list["campaigns"][0]["id"], "spring-sale", "{list}");
+    let _ = child.kill();
+    let _ = child.wait();
+    // Without tokens, anywhere but loopback is refused, with what to do.
+    let out = squall()
+        .current_dir(dir.path())
+        .env_remove("SQUALL_CONFIG")
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refusing to serve"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

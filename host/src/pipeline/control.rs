@@ -25,6 +25,8 @@ const TAKE_LEASE: Duration = Duration::from_secs(60);
 pub struct ControlView {
     campaign: String,
     cached: Mutex<Option<(Instant, Arc<Vec<Control>>)>>,
+    /// When this process last said what it is waiting for.
+    said_waiting: Mutex<Option<Instant>>,
 }
 
 impl ControlView {
@@ -32,6 +34,22 @@ impl ControlView {
         ControlView {
             campaign: campaign.to_string(),
             cached: Mutex::new(None),
+            said_waiting: Mutex::new(None),
+        }
+    }
+
+    /// Says, at most once a minute, that the campaign waits on parked
+    /// batches (a pause, or messages not yet due), so a quiet `squall run`
+    /// is not mistaken for a stuck one.
+    pub fn say_waiting(&self, batches: u64) {
+        let mut last = self.said_waiting.lock().unwrap();
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            tracing::info!(
+                campaign = self.campaign,
+                batches,
+                "waiting: batches are held in the store by a pause or until their send window; `squall status` says which"
+            );
+            *last = Some(Instant::now());
         }
     }
 

@@ -504,7 +504,14 @@ impl Processor for SendProcessor {
         let (store, queue) = (&*self.shared.store, &*self.shared.queue);
         let campaign = self.shared.campaign.as_str();
         match control::put_back(store, queue, Some(campaign)).await {
-            Ok(_) => store.parked_count(campaign).await.is_ok_and(|n| n > 0),
+            Ok(_) => match store.parked_count(campaign).await {
+                Ok(0) => false,
+                Ok(n) => {
+                    self.shared.controls.say_waiting(n);
+                    true
+                }
+                Err(_) => true,
+            },
             Err(e) => {
                 tracing::debug!("cannot look at parked batches now: {e}");
                 true
