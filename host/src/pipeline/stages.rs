@@ -682,6 +682,48 @@ async fn staggered(
     outcomes
 }
 
+/// Keeps messages of `env` in the store until `due_at` (campaign time; 0:
+/// until a resume), named by their content so that a redelivered batch
+/// parks them once.
+async fn park(
+    shared: &Shared,
+    input_queue: &str,
+    env: &SendEnvelope,
+    held: Vec<Outgoing>,
+    due_at: i64,
+) -> Result<(), BatchFailure> {
+    let n = held.len() as u64;
+    let keys: std::collections::BTreeSet<String> = held
+        .iter()
+        .map(|m| format!("{}/{}", m.segment, m.variant))
+        .collect();
+    let ids: Vec<&str> = held.iter().map(|m| m.message_id.as_str()).collect();
+    let name = format!(
+        "{}/{}/{due_at}/{:016x}",
+        env.campaign,
+        env.batch,
+        xxhash_rust::xxh3::xxh3_64(ids.join(",").as_bytes())
+    );
+    let parked = Envelope::new(&env.campaign, env.batch.clone(), vec![], held)
+        .encode(shared.queue.max_message_size());
+    for (i, payload) in parked.bodies.into_iter().enumerate() {
+        shared
+            .store
+            .park(&crate::store::Parked {
+                id: format!("{name}/{i}"),
+                campaign: env.campaign.clone(),
+                due_at,
+                queue: input_queue.to_string(),
+                keys: keys.iter().cloned().collect(),
+                payload,
+            })
+            .await
+            .map_err(|e| infra(e, n))?;
+    }
+    RunCounters::add(&shared.counters.parked, n);
+    Ok(())
+}
+
 /// Parks the messages that may not go yet (before the campaign's start,
 /// outside the recipient's send window, in quiet hours) until they are due,
 /// grouped by the minute they are due; the rest of the batch goes on.
@@ -710,35 +752,7 @@ async fn hold_until_due(
     }
     env.items = go;
     for (due, held) in later {
-        let n = held.len() as u64;
-        let keys: std::collections::BTreeSet<String> = held
-            .iter()
-            .map(|m| format!("{}/{}", m.segment, m.variant))
-            .collect();
-        let ids: Vec<&str> = held.iter().map(|m| m.message_id.as_str()).collect();
-        let name = format!(
-            "{}/{}/due-{due}/{:016x}",
-            env.campaign,
-            env.batch,
-            xxhash_rust::xxh3::xxh3_64(ids.join(",").as_bytes())
-        );
-        let parked = Envelope::new(&env.campaign, env.batch.clone(), vec![], held)
-            .encode(shared.queue.max_message_size());
-        for (i, payload) in parked.bodies.into_iter().enumerate() {
-            shared
-                .store
-                .park(&crate::store::Parked {
-                    id: format!("{name}/{i}"),
-                    campaign: env.campaign.clone(),
-                    due_at: due,
-                    queue: input_queue.to_string(),
-                    keys: keys.iter().cloned().collect(),
-                    payload,
-                })
-                .await
-                .map_err(|e| infra(e, n))?;
-        }
-        RunCounters::add(&shared.counters.parked, n);
+        park(shared, input_queue, &env, held, due).await?;
     }
     Ok(env)
 }
@@ -772,38 +786,7 @@ async fn hold_paused(
     if held.is_empty() {
         return Ok((env, cancelled));
     }
-    let n = held.len() as u64;
-    let mut keys: Vec<String> = held
-        .iter()
-        .map(|m| format!("{}/{}", m.segment, m.variant))
-        .collect();
-    keys.sort();
-    keys.dedup();
-    // Named by its content, so a redelivered batch parks once.
-    let ids: Vec<&str> = held.iter().map(|m| m.message_id.as_str()).collect();
-    let name = format!(
-        "{}/{}/{:016x}",
-        env.campaign,
-        env.batch,
-        xxhash_rust::xxh3::xxh3_64(ids.join(",").as_bytes())
-    );
-    let parked = Envelope::new(&env.campaign, env.batch.clone(), vec![], held)
-        .encode(shared.queue.max_message_size());
-    for (i, payload) in parked.bodies.into_iter().enumerate() {
-        shared
-            .store
-            .park(&crate::store::Parked {
-                id: format!("{name}/{i}"),
-                campaign: env.campaign.clone(),
-                due_at: 0,
-                queue: input_queue.to_string(),
-                keys: keys.clone(),
-                payload,
-            })
-            .await
-            .map_err(|e| infra(e, n))?;
-    }
-    RunCounters::add(&shared.counters.parked, n);
+    park(shared, input_queue, &env, held, 0).await?;
     Ok((env, cancelled))
 }
 
