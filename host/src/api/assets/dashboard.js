@@ -148,6 +148,7 @@ function renderCampaign(id, s) {
     <div class="tiles">${tiles}</div>
     <div class="card"><h2>Throughput</h2><canvas id="chart"></canvas></div>
     <div class="row"><div class="card"><h2>Guardrails and controls</h2>${controls ? "<ul>" + controls + "</ul>" : '<p class="muted">No pause or cancel in force.</p>'}
+      ${s.status.parked_batches ? '<p class="muted" id="held">' + fmt(s.status.parked_batches) + " batch(es) held in the store (a pause, or not yet in their send window)</p>" : ""}
       ${s.status.waiting ? '<p class="error">' + esc(s.status.waiting) + "</p>" : ""}</div>
     <div class="card"><h2>Providers</h2><table><thead><tr><th>Provider</th><th>Breaker</th><th>Attempts</th><th>Delivered</th><th>Transient</th><th>Permanent</th></tr></thead><tbody>${providers || '<tr><td colspan="6" class="muted">No provider figures (outbox).</td></tr>'}</tbody></table></div></div>
     ${breakdown("By segment", s.by_segment)}${breakdown("By variant", s.by_variant)}${breakdown("By wave", s.by_wave)}
