@@ -763,10 +763,11 @@ fn print_status(s: &squall::pipeline::status::Status) {
         s.totals.audience, s.totals.rejected, s.totals.unsegmented, s.in_progress
     );
     println!(
-        "  sent {} · failed {} · suppressed {} · in doubt {} · cancelled {} · dead-lettered {}",
+        "  sent {} · failed {} · suppressed {} · capped {} · in doubt {} · cancelled {} · dead-lettered {}",
         s.totals.sent,
         s.totals.failed,
         s.totals.suppressed,
+        s.totals.capped,
         s.totals.in_doubt,
         s.totals.cancelled,
         s.totals.dead_lettered
@@ -903,6 +904,9 @@ fn print_report(r: &squall::pipeline::RunReport) {
     row("audience rows", r.totals.audience);
     row("rejected", r.totals.rejected);
     row("unsegmented", r.totals.unsegmented);
+    if r.totals.no_consent > 0 {
+        row("no consent (skipped)", r.totals.no_consent);
+    }
     for (s, n) in &r.totals.per_segment {
         row(&format!("segment {s}"), *n);
     }
@@ -911,8 +915,14 @@ fn print_report(r: &squall::pipeline::RunReport) {
     }
     row("sent", r.totals.sent);
     row("failed", r.totals.failed);
-    if r.totals.suppressed > 0 {
-        row("suppressed (not sent)", r.totals.suppressed);
+    for (label, n) in [
+        ("suppressed (not sent)", r.totals.suppressed),
+        ("capped (not sent)", r.totals.capped),
+        ("cancelled (not sent)", r.totals.cancelled),
+    ] {
+        if n > 0 {
+            row(label, n);
+        }
     }
     row("dead-lettered", r.totals.dead_lettered);
     for d in r.totals.dead_letters.iter().take(10) {
