@@ -626,12 +626,16 @@ breaker = {{ failure_rate = 0.5, min_requests = 2, cooldown = "300ms" }}
         .spawn()
         .unwrap();
     // `None` until the run has opened the campaign.
+    let last_error = std::cell::RefCell::new(String::new());
     let try_status = || {
         let out = squall()
             .args(["status", "--json", "spring-sale"])
             .env("SQUALL_DATA_DIR", &data)
             .output()
             .unwrap();
+        if !out.status.success() {
+            *last_error.borrow_mut() = String::from_utf8_lossy(&out.stderr).into_owned();
+        }
         out.status
             .success()
             .then(|| serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap())
@@ -645,7 +649,8 @@ breaker = {{ failure_rate = 0.5, min_requests = 2, cooldown = "300ms" }}
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "status never said why: {s}"
+            "status never said why: {s}; last error: {}",
+            last_error.borrow()
         );
         std::thread::sleep(Duration::from_millis(200));
     };

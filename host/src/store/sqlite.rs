@@ -206,6 +206,9 @@ fn open_ledger(path: &Path) -> Result<Db, StoreError> {
         |e: rusqlite::Error| StoreError::Unavailable(format!("{}: {e}", path.display()));
     if path.exists() {
         let conn = rusqlite::Connection::open(path).map_err(unavailable)?;
+        // Another process (a run, a server) may be writing right now.
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(unavailable)?;
         let sql: Option<String> = conn
             .query_row(
                 "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'ledger'",
