@@ -822,3 +822,187 @@ attempts = 1
         "{err}"
     );
 }
+
+/// A campaign in waves of 10%, 30% and 100% of 600 rows: addresses that end
+/// in an even digit are given to the second wave's recipients only, so the
+/// server that turns them away (550) breaches the failure guardrail in
+/// wave 2; the campaign pauses and wave 3 is never sent until a resume.
+fn wave_campaign(
+    dir: &Path,
+    port: u16,
+    even: &std::collections::BTreeSet<usize>,
+) -> std::path::PathBuf {
+    let mut csv = String::from("id,email\n");
+    for i in 0..600usize {
+        // r{i} with a last digit chosen by wave: odd everywhere but wave 2.
+        let last = if even.contains(&i) { 2 } else { 1 };
+        csv.push_str(&format!("r{i},u{i}x{last}@example.org\n"));
+    }
+    std::fs::write(dir.join("audience.csv"), csv).unwrap();
+    let path = dir.join("campaign.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[campaign]
+id = "in-waves"
+channel = "email"
+
+[audience]
+source = "audience.csv"
+
+[[segment]]
+name = "all"
+rule = "true"
+
+[[message]]
+segment = "all"
+subject = "Hello"
+text = "Hi"
+
+[delivery]
+transport = "smtp://127.0.0.1:{port}"
+from = "Shop <news@example.com>"
+
+[schedule]
+waves = [0.1, 0.3, 1.0]
+wave_pause = "3h"
+
+[guardrails]
+max_failure_rate = 0.2
+min_sample = 20
+
+[limits]
+batch_size = 20
+max_attempts = 1
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn dry_run_waves(path: &Path, data: &Path) -> (serde_json::Value, Vec<u32>) {
+    let out = squall()
+        .args(["run", "--dry-run", "--json", "--data-dir"])
+        .arg(data)
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut waves = vec![0u32; 600];
+    for l in std::fs::read_to_string(r["file"].as_str().unwrap())
+        .unwrap()
+        .lines()
+    {
+        let l: serde_json::Value = serde_json::from_str(l).unwrap();
+        let i: usize = l["recipient_id"].as_str().unwrap()[1..].parse().unwrap();
+        waves[i] = l["wave"].as_u64().unwrap() as u32;
+    }
+    (r, waves)
+}
+
+#[test]
+fn waves_go_out_in_exact_shares_and_a_guardrail_breach_stops_the_next_wave() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = faulty_smtp(dir.path(), "unknown");
+    let data = dir.path().join("data");
+    // Which rows are in which wave depends only on the campaign and the
+    // audience's size, so a first dry run tells, and addresses can be
+    // chosen after it.
+    let path = wave_campaign(dir.path(), server.port, &Default::default());
+    let (report, waves) = dry_run_waves(&path, &data);
+    assert_eq!(
+        report["wave_rows"],
+        serde_json::json!([60, 120, 420]),
+        "{report}"
+    );
+    let second: std::collections::BTreeSet<usize> = (0..600).filter(|i| waves[*i] == 1).collect();
+    let path = wave_campaign(dir.path(), server.port, &second);
+    let (_, again) = dry_run_waves(&path, &data);
+    assert_eq!(again, waves, "waves are reproducible");
+
+    let config = dir.path().join("squall.toml");
+    std::fs::write(&config, "data_dir = \"data\"\n").unwrap();
+    let mut run = squall()
+        .args(["run", "--json", "--data-dir"])
+        .arg(&data)
+        .arg(&path)
+        .env("SQUALL_FAKE_CLOCK", "2027-03-01T09:00:00Z*3600")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = || -> serde_json::Value {
+        let out = squall()
+            .args(["status", "--json", "in-waves", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let paused = loop {
+        let s = status();
+        if s["controls"][0]["state"] == "paused" {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guardrail never tripped: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let reason = paused["controls"][0]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("guardrail: failure rate"), "{reason}");
+    // Paused: the third wave is never sent, however long we wait.
+    std::thread::sleep(Duration::from_secs(4));
+    let third = |lines: &[serde_json::Value]| {
+        lines
+            .iter()
+            .filter(|l| {
+                let rcpt = l["rcpt"].as_str().unwrap_or_default();
+                let i: usize = rcpt[1..rcpt.find('x').unwrap()].parse().unwrap();
+                waves[i] == 2
+            })
+            .count()
+    };
+    let before = accepted(&server.log);
+    assert_eq!(third(&before), 0, "no message of wave 3 before the resume");
+    assert_eq!(before.len(), 60, "wave 1 went whole");
+    assert!(
+        run.try_wait().unwrap().is_none(),
+        "the run waits for a resume"
+    );
+
+    // The cause is fixed (the server accepts again): resume, and everyone
+    // not turned away gets one message.
+    let port = server.port;
+    drop(server);
+    let dump = dir.path().join("dump");
+    let sink = smtp_sink_on(port, &dump, &[]);
+    let out = squall()
+        .args(["resume", "in-waves", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let report: serde_json::Value =
+        serde_json::from_slice(&run.wait_with_output().unwrap().stdout).unwrap();
+    assert_eq!(report["complete"], true, "{report}");
+    let failed = report["failed"].as_u64().unwrap();
+    assert!(failed >= 20, "wave 2 was turned away: {report}");
+    assert_eq!(report["sent"].as_u64().unwrap() + failed, 600, "{report}");
+    let after = dumped(&dump);
+    assert!(
+        after.len() >= 420,
+        "wave 3 went after the resume: {}",
+        after.len()
+    );
+    drop(sink);
+}

@@ -254,6 +254,60 @@ fn check_schedule(
             )),
         }
     }
+    if let Some(w) = &s.waves {
+        let shares = w.get_ref();
+        let ok = !shares.is_empty()
+            && shares.windows(2).all(|p| p[0] < p[1])
+            && shares.iter().all(|x| *x > 0.0 && *x <= 1.0)
+            && shares.last() == Some(&1.0);
+        if !ok {
+            problems.push(map.at_span(
+                &w.span(),
+                "schedule.waves must be increasing shares in (0, 1] ending with 1.0, like [0.01, 0.05, 0.25, 1.0]",
+            ));
+        }
+        let pause_ms = match &s.wave_pause {
+            Some(p) => match humantime::parse_duration(p.get_ref()) {
+                Ok(d) => d.as_millis() as i64,
+                Err(e) => {
+                    problems.push(map.at_span(
+                        &p.span(),
+                        format!(
+                            "schedule.wave_pause `{}`: {e} (write e.g. \"30m\")",
+                            p.get_ref()
+                        ),
+                    ));
+                    0
+                }
+            },
+            None => 0,
+        };
+        if ok {
+            timing.waves = Some(crate::schedule::waves::WavePlan {
+                shares: shares.clone(),
+                pause_ms,
+            });
+        }
+    }
+    let g = &file.guardrails;
+    timing.guardrails = crate::schedule::Guardrails {
+        max_bounce_rate: g.max_bounce_rate,
+        max_failure_rate: g.max_failure_rate,
+        max_complaint_rate: g.max_complaint_rate,
+        max_unsubscribe_rate: g.max_unsubscribe_rate,
+        min_sample: g.min_sample.unwrap_or(50),
+        window_ms: g
+            .window
+            .as_deref()
+            .and_then(|w| humantime::parse_duration(w).ok())
+            .map_or(3_600_000, |d| d.as_millis() as i64),
+    };
+    if g.window
+        .as_deref()
+        .is_some_and(|w| humantime::parse_duration(w).is_err())
+    {
+        problems.push(map.at_offset(0, "guardrails.window is not a duration like \"1h\""));
+    }
     let local = s.window.is_some() || s.quiet_hours.is_some();
     let field = match &s.timezone_field {
         Some(f) if local && !columns.contains(f.get_ref()) => {

@@ -30,6 +30,8 @@ pub struct CampaignFile {
     pub schedule: ScheduleSection,
     #[serde(default)]
     pub frequency: FrequencySection,
+    #[serde(default)]
+    pub guardrails: GuardrailsSection,
 }
 
 /// How many messages one person may get across campaigns.
@@ -69,6 +71,27 @@ pub struct ScheduleSection {
     /// Spread this campaign's sends evenly at this rate (all workers
     /// together) instead of as fast as its providers allow.
     pub rate_per_second: Option<f64>,
+    /// Cumulative shares of the audience sent in turn, e.g. `[0.01, 0.05,
+    /// 0.25, 1.0]`; each wave a reproducible random sample.
+    pub waves: Option<Spanned<Vec<f64>>>,
+    /// Time between the start of one wave and the next, e.g. `"30m"`.
+    pub wave_pause: Option<Spanned<String>>,
+}
+
+/// Rates that pause the campaign when crossed (each a fraction of the
+/// messages sent), checked at every wave boundary and over a sliding
+/// window. A paused campaign resumes only on command.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardrailsSection {
+    pub max_bounce_rate: Option<f64>,
+    pub max_failure_rate: Option<f64>,
+    pub max_complaint_rate: Option<f64>,
+    pub max_unsubscribe_rate: Option<f64>,
+    /// Messages sent before a rate is judged at all (default 50).
+    pub min_sample: Option<u64>,
+    /// The sliding window (default `"1h"`).
+    pub window: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

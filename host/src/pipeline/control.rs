@@ -27,6 +27,8 @@ pub struct ControlView {
     cached: Mutex<Option<(Instant, Arc<Vec<Control>>)>>,
     /// When this process last said what it is waiting for.
     said_waiting: Mutex<Option<Instant>>,
+    /// When this process last judged the guardrails' sliding window.
+    judged: Mutex<Option<Instant>>,
 }
 
 impl ControlView {
@@ -35,6 +37,23 @@ impl ControlView {
             campaign: campaign.to_string(),
             cached: Mutex::new(None),
             said_waiting: Mutex::new(None),
+            judged: Mutex::new(None),
+        }
+    }
+
+    /// Forgets the cached controls (this process just changed them).
+    pub fn invalidate(&self) {
+        *self.cached.lock().unwrap() = None;
+    }
+
+    /// Whether the sliding window is due for judging (every `every`).
+    pub fn judge_due(&self, every: Duration) -> bool {
+        let mut last = self.judged.lock().unwrap();
+        if last.is_none_or(|t| t.elapsed() >= every) {
+            *last = Some(Instant::now());
+            true
+        } else {
+            false
         }
     }
 

@@ -31,6 +31,8 @@ pub struct DryRunLine {
     /// `send`, `unsegmented`, `no_consent`, `suppressed`, `capped`,
     /// `rejected` or `render_failed`.
     pub outcome: &'static str,
+    /// The wave it belongs to (0 without waves).
+    pub wave: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub segment: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -60,6 +62,9 @@ pub struct DryRunReport {
     pub per_variant: BTreeMap<String, u64>,
     pub first_send_at: Option<String>,
     pub last_send_at: Option<String>,
+    /// Audience rows (valid or not) in each wave, and who would be sent.
+    pub wave_rows: Vec<u64>,
+    pub per_wave: BTreeMap<u32, u64>,
     /// One JSON line per recipient.
     pub file: PathBuf,
 }
@@ -104,6 +109,18 @@ pub async fn dry_run(
         .timezone_field
         .as_ref()
         .and_then(|f| campaign.columns.iter().position(|c| c == f));
+    let rows = match &campaign.timing.waves {
+        Some(plan) => {
+            let rows = super::intake::count_rows(&campaign.audience).await?;
+            report.wave_rows = vec![0; plan.shares.len()];
+            Some((plan.clone(), rows))
+        }
+        None => None,
+    };
+    let wave_of = |index: u64| {
+        rows.as_ref()
+            .map_or(0, |(plan, n)| plan.wave_of(campaign.id(), index, *n))
+    };
     let mut reader = AudienceReader::open(&campaign.audience)?;
     let batch_size = campaign.file.limits.batch_size.max(1) as usize;
     loop {
@@ -113,19 +130,27 @@ pub async fn dry_run(
             match row? {
                 Row::Valid(r) => {
                     report.audience += 1;
+                    if let Some(n) = report.wave_rows.get_mut(wave_of(r.index) as usize) {
+                        *n += 1;
+                    }
                     chunk.push(r);
                     if chunk.len() == batch_size {
                         break;
                     }
                 }
-                Row::Rejected { reject, .. } => {
+                Row::Rejected { index, reject } => {
                     report.audience += 1;
                     report.rejected += 1;
+                    let wave = wave_of(index);
+                    if let Some(n) = report.wave_rows.get_mut(wave as usize) {
+                        *n += 1;
+                    }
                     lines.push(DryRunLine {
                         recipient_id: reject.raw.split(',').next().unwrap_or("").to_string(),
                         line: reject.line,
                         to: String::new(),
                         outcome: "rejected",
+                        wave,
                         segment: None,
                         variant: None,
                         subject: None,
@@ -146,10 +171,13 @@ pub async fn dry_run(
                 consenting.push(r);
             } else {
                 report.no_consent += 1;
-                lines.push(skip(&r, "no_consent"));
+                let mut l = skip(&r, "no_consent");
+                l.wave = wave_of(r.index);
+                lines.push(l);
             }
         }
         if !consenting.is_empty() {
+            let waves: Vec<u32> = consenting.iter().map(|r| wave_of(r.index)).collect();
             evaluate(
                 campaign,
                 &mut stages,
@@ -158,6 +186,7 @@ pub async fn dry_run(
                 now_ms,
                 zone,
                 consenting,
+                &waves,
                 &mut report,
                 &mut lines,
                 &mut first,
@@ -182,6 +211,7 @@ fn skip(r: &Recipient, outcome: &'static str) -> DryRunLine {
         line: r.line,
         to: r.record.address.clone(),
         outcome,
+        wave: 0,
         segment: None,
         variant: None,
         subject: None,
@@ -199,6 +229,7 @@ async fn evaluate(
     now_ms: i64,
     zone: Option<usize>,
     chunk: Vec<Recipient>,
+    waves: &[u32],
     report: &mut DryRunReport,
     lines: &mut Vec<DryRunLine>,
     first: &mut Option<i64>,
@@ -215,7 +246,9 @@ async fn evaluate(
         match a {
             wit::Assignment::Unsegmented => {
                 report.unsegmented += 1;
-                lines.push(skip(&chunk[i], "unsegmented"));
+                let mut l = skip(&chunk[i], "unsegmented");
+                l.wave = waves[i];
+                lines.push(l);
             }
             wit::Assignment::Assigned(p) => placed.push((i, p.message)),
         }
@@ -255,6 +288,7 @@ async fn evaluate(
         let msg = &campaign.file.message[*m as usize];
         let (segment, variant) = (msg.segment.get_ref().clone(), msg.variant.get_ref().clone());
         let mut line = skip(rec, "send");
+        line.wave = waves[*i];
         line.segment = Some(segment.clone());
         line.variant = Some(variant.clone());
         match r {
@@ -284,6 +318,7 @@ async fn evaluate(
                     *last = Some(last.map_or(at, |l| l.max(at)));
                     line.at = Some(rfc3339(at));
                     report.would_send += 1;
+                    *report.per_wave.entry(line.wave).or_default() += 1;
                     *report.per_segment.entry(segment.clone()).or_default() += 1;
                     *report
                         .per_variant

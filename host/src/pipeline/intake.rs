@@ -16,6 +16,7 @@ use super::worker::dead_letter_item;
 use crate::audience::{AudienceReader, AudienceSpec, Recipient, Reject, Row};
 use crate::queue::Queue;
 use crate::store::Store;
+use squall_pipeline_core::record::Record;
 
 pub struct Intake {
     pub campaign: String,
@@ -35,6 +36,23 @@ pub struct Intake {
     /// file to the queue and are never buffered whole.
     pub read_ahead: Option<u64>,
     pub stop: Arc<AtomicBool>,
+    /// The campaign's waves and the audience's size in rows (valid or not):
+    /// each chunk is split into one envelope per wave.
+    pub waves: Option<(crate::schedule::waves::WavePlan, u64)>,
+}
+
+/// Data rows in the audience, valid or not: what waves are shares of.
+pub async fn count_rows(spec: &crate::audience::AudienceSpec) -> anyhow::Result<u64> {
+    let spec = spec.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+        let mut n = 0;
+        for row in AudienceReader::open(&spec)? {
+            row?;
+            n += 1;
+        }
+        Ok(n)
+    })
+    .await?
 }
 
 struct Chunk {
@@ -154,6 +172,7 @@ impl Intake {
             .collect();
         let duplicates = self.store.register_ids(&self.campaign, &ids).await?;
         let mut records = Vec::with_capacity(valid.len());
+        let mut waves = Vec::with_capacity(valid.len());
         for (r, dup) in valid.into_iter().zip(duplicates) {
             match dup {
                 Some(first) => rejects.push(Reject {
@@ -164,7 +183,12 @@ impl Intake {
                     ),
                     raw: serde_json::to_string(&r.record).unwrap_or_default(),
                 }),
-                None => records.push(r.record),
+                None => {
+                    waves.push(self.waves.as_ref().map_or(0, |(plan, rows)| {
+                        plan.wave_of(&self.campaign, r.index, *rows)
+                    }));
+                    records.push(r.record)
+                }
             }
         }
         self.store.record_rejects(&self.campaign, &rejects).await?;
@@ -173,12 +197,27 @@ impl Intake {
         if records.is_empty() {
             return Ok(());
         }
-        let env = Envelope::new(
-            &self.campaign,
-            format!("{:08}", chunk.number),
-            self.columns.clone(),
-            records,
-        );
+        // One envelope per wave present in the chunk (just one without
+        // waves), named apart so that each is one batch downstream.
+        let mut by_wave: std::collections::BTreeMap<u32, Vec<Record>> = Default::default();
+        for (r, w) in records.into_iter().zip(waves) {
+            by_wave.entry(w).or_default().push(r);
+        }
+        let mut bodies = Vec::new();
+        for (wave, records) in by_wave {
+            let batch = match self.waves {
+                Some(_) => format!("{:08}w{wave}", chunk.number),
+                None => format!("{:08}", chunk.number),
+            };
+            let mut env = Envelope::new(&self.campaign, batch, self.columns.clone(), records);
+            env.wave = wave;
+            bodies.extend(self.encode(env).await?);
+        }
+        self.queue.send(&self.output, bodies).await?;
+        Ok(())
+    }
+
+    async fn encode(&self, env: Envelope<Record>) -> anyhow::Result<Vec<Vec<u8>>> {
         let encoded = env.encode(self.queue.max_message_size());
         for (batch, item, size) in encoded.oversized {
             let reason =
@@ -195,7 +234,6 @@ impl Intake {
             )
             .await?;
         }
-        self.queue.send(&self.output, encoded.bodies).await?;
-        Ok(())
+        Ok(encoded.bodies)
     }
 }

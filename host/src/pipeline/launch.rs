@@ -78,6 +78,13 @@ async fn store_and_queue(
             resume_from: state.intake_batches_done,
             read_ahead: None,
             stop: stop.clone(),
+            waves: match &campaign.timing.waves {
+                Some(plan) => Some((
+                    plan.clone(),
+                    super::intake::count_rows(&campaign.audience).await?,
+                )),
+                None => None,
+            },
         };
         intake.run().await?;
     }

@@ -203,6 +203,13 @@ async fn execute(
             resume_from: state.intake_batches_done,
             read_ahead: Some(16),
             stop: opts.stop.clone(),
+            waves: match &campaign.timing.waves {
+                Some(plan) => Some((
+                    plan.clone(),
+                    super::intake::count_rows(&campaign.audience).await?,
+                )),
+                None => None,
+            },
         };
         let done = intake_done.clone();
         tasks.spawn(async move {

@@ -318,7 +318,8 @@ impl SegmentProcessor {
                 }
             }
         }
-        let out = Envelope::new(&env.campaign, env.batch.clone(), batch.columns, placed);
+        let mut out = Envelope::new(&env.campaign, env.batch.clone(), batch.columns, placed);
+        out.wave = env.wave;
         forward(&self.shared, "segment", &self.next_queue, out).await?;
         self.shared
             .store
@@ -468,13 +469,9 @@ impl PersonaliseProcessor {
             }
         }
         let rendered_count = out.len() as u64;
-        forward(
-            &self.shared,
-            "personalise",
-            &self.next_queue,
-            Envelope::new(&env.campaign, env.batch.clone(), vec![], out),
-        )
-        .await?;
+        let mut out = Envelope::new(&env.campaign, env.batch.clone(), vec![], out);
+        out.wave = env.wave;
+        forward(&self.shared, "personalise", &self.next_queue, out).await?;
         self.shared
             .store
             .record_batch(&env.campaign, "personalise", &env.batch, &stats)
@@ -530,6 +527,7 @@ impl SendProcessor {
     /// route it to its campaign).
     pub async fn process_envelope(&mut self, env: SendEnvelope) -> Result<(), BatchFailure> {
         let n = env.items.len() as u64;
+        let env = hold_for_wave(&self.shared, &self.input_queue, env).await?;
         let controls = self
             .shared
             .controls
@@ -704,8 +702,9 @@ async fn park(
         env.batch,
         xxhash_rust::xxh3::xxh3_64(ids.join(",").as_bytes())
     );
-    let parked = Envelope::new(&env.campaign, env.batch.clone(), vec![], held)
-        .encode(shared.queue.max_message_size());
+    let mut keep = Envelope::new(&env.campaign, env.batch.clone(), vec![], held);
+    keep.wave = env.wave;
+    let parked = keep.encode(shared.queue.max_message_size());
     for (i, payload) in parked.bodies.into_iter().enumerate() {
         shared
             .store
@@ -722,6 +721,132 @@ async fn park(
     }
     RunCounters::add(&shared.counters.parked, n);
     Ok(())
+}
+
+/// How often a process judges a campaign's guardrails over the window.
+const JUDGE_EVERY: Duration = Duration::from_secs(2);
+
+/// Waves and guardrails. A wave's batches wait (parked) until the wave is
+/// due: the first wave-0 batch to reach a send stage fixes the campaign's
+/// wave clock, and wave w is due `w × wave_pause` later. When a wave comes
+/// due, and every `JUDGE_EVERY` over the sliding window, the guardrails
+/// judge what was sent; a breach pauses the whole campaign with the reason
+/// (it resumes only on command) and the batch waits with the rest.
+async fn hold_for_wave(
+    shared: &Shared,
+    input_queue: &str,
+    mut env: SendEnvelope,
+) -> Result<SendEnvelope, BatchFailure> {
+    let timing = &shared.timing;
+    if !timing.is_gated() || env.items.is_empty() {
+        return Ok(env);
+    }
+    let n = env.items.len() as u64;
+    let store = &*shared.store;
+    let c = env.campaign.clone();
+    let now = crate::schedule::clock::now_ms();
+    let mut judge_since = None;
+    if let Some(plan) = &timing.waves {
+        let t0 = store
+            .setting_or_init(&format!("waves/{c}/t0"), now.to_string().as_bytes())
+            .await
+            .map_err(|e| infra(e, n))?;
+        let t0: i64 = String::from_utf8_lossy(&t0).parse().unwrap_or(now);
+        let due = t0 + i64::from(env.wave) * plan.pause_ms;
+        if now < due {
+            let held = std::mem::take(&mut env.items);
+            park(shared, input_queue, &env, held, due).await?;
+            return Ok(env);
+        }
+        let checked = format!("waves/{c}/checked/{}", env.wave);
+        if env.wave > 0
+            && timing.guardrails.any()
+            && store
+                .setting(&checked)
+                .await
+                .map_err(|e| infra(e, n))?
+                .is_none()
+        {
+            // The wave boundary: everything since the last breach counts.
+            let tripped = store
+                .setting(&format!("waves/{c}/tripped_at"))
+                .await
+                .map_err(|e| infra(e, n))?;
+            judge_since = Some(
+                tripped
+                    .map(|t| String::from_utf8_lossy(&t).parse().unwrap_or(0))
+                    .unwrap_or(0),
+            );
+            if let Some(since) = judge_since
+                && !breached(
+                    shared,
+                    &c,
+                    since,
+                    n,
+                    &format!("at the start of wave {}", env.wave),
+                )
+                .await?
+            {
+                store
+                    .set_setting(&checked, b"ok")
+                    .await
+                    .map_err(|e| infra(e, n))?;
+            }
+        }
+    }
+    if judge_since.is_none() && timing.guardrails.any() && shared.controls.judge_due(JUDGE_EVERY) {
+        let since = now_ms() - timing.guardrails.window_ms;
+        let tripped = store
+            .setting(&format!("waves/{c}/tripped_at"))
+            .await
+            .map_err(|e| infra(e, n))?
+            .map(|t| String::from_utf8_lossy(&t).parse().unwrap_or(0))
+            .unwrap_or(0);
+        breached(shared, &c, since.max(tripped), n, "over the sliding window").await?;
+    }
+    Ok(env)
+}
+
+/// Judges the guardrails over what was sent since `since` (real ms); on a
+/// breach pauses the campaign with the reason. Whether it did.
+async fn breached(
+    shared: &Shared,
+    campaign: &str,
+    since: i64,
+    n: u64,
+    when: &str,
+) -> Result<bool, BatchFailure> {
+    let store = &*shared.store;
+    let outcomes = store
+        .outcomes_since(campaign, since)
+        .await
+        .map_err(|e| infra(e, n))?;
+    let Some(why) = shared.timing.guardrails.breach(&outcomes) else {
+        return Ok(false);
+    };
+    let reason = format!("{why}, {when}");
+    tracing::warn!(
+        campaign,
+        "pausing the campaign: {reason}; `squall resume {campaign}` continues"
+    );
+    store
+        .control(
+            campaign,
+            &crate::store::Scope::campaign(),
+            crate::store::ControlAction::Pause,
+            &reason,
+        )
+        .await
+        .map_err(|e| infra(e, n))?;
+    store
+        .set_setting(
+            &format!("waves/{campaign}/tripped_at"),
+            now_ms().to_string().as_bytes(),
+        )
+        .await
+        .map_err(|e| infra(e, n))?;
+    shared.controls.invalidate();
+    Ok(true)
 }
 
 /// Parks the messages that may not go yet (before the campaign's start,

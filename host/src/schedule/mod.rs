@@ -4,6 +4,7 @@
 //! about any instant.
 
 pub mod clock;
+pub mod waves;
 
 use chrono::{DateTime, Duration, NaiveTime, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
@@ -51,11 +52,91 @@ pub struct Timing {
     pub quiet: Option<Span>,
     /// For recipients without a valid zone of their own.
     pub default_zone: Option<Tz>,
+    /// Waves, when the campaign goes out in them.
+    pub waves: Option<waves::WavePlan>,
+    pub guardrails: Guardrails,
+}
+
+/// Rates that pause a campaign (see `campaign::GuardrailsSection`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Guardrails {
+    pub max_bounce_rate: Option<f64>,
+    pub max_failure_rate: Option<f64>,
+    pub max_complaint_rate: Option<f64>,
+    pub max_unsubscribe_rate: Option<f64>,
+    pub min_sample: u64,
+    pub window_ms: i64,
+}
+
+/// What happened to a campaign's messages over some span.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcomes {
+    pub delivered: u64,
+    pub failed: u64,
+    pub bounces: u64,
+    pub complaints: u64,
+    pub unsubscribes: u64,
+}
+
+impl Guardrails {
+    pub fn any(&self) -> bool {
+        self.max_bounce_rate.is_some()
+            || self.max_failure_rate.is_some()
+            || self.max_complaint_rate.is_some()
+            || self.max_unsubscribe_rate.is_some()
+    }
+
+    /// The first limit `o` crosses, said for people; `None` below
+    /// `min_sample` messages.
+    pub fn breach(&self, o: &Outcomes) -> Option<String> {
+        let attempted = o.delivered + o.failed;
+        if attempted < self.min_sample.max(1) {
+            return None;
+        }
+        let of = |n: u64, base: u64| n as f64 / base.max(1) as f64;
+        [
+            (
+                "failure rate",
+                self.max_failure_rate,
+                of(o.failed, attempted),
+            ),
+            (
+                "bounce rate",
+                self.max_bounce_rate,
+                of(o.bounces, o.delivered),
+            ),
+            (
+                "complaint rate",
+                self.max_complaint_rate,
+                of(o.complaints, o.delivered),
+            ),
+            (
+                "unsubscribe rate",
+                self.max_unsubscribe_rate,
+                of(o.unsubscribes, o.delivered),
+            ),
+        ]
+        .into_iter()
+        .find_map(|(name, max, rate)| {
+            max.filter(|m| rate > *m).map(|m| {
+                format!(
+                    "guardrail: {name} {:.1}% > {:.1}% over {attempted} messages",
+                    rate * 100.0,
+                    m * 100.0
+                )
+            })
+        })
+    }
 }
 
 impl Timing {
     pub fn is_immediate(&self) -> bool {
         self.start_ms.is_none() && self.window.is_none() && self.quiet.is_none()
+    }
+
+    /// Whether the send stage must look at waves or guardrails.
+    pub fn is_gated(&self) -> bool {
+        self.waves.is_some() || self.guardrails.any()
     }
 
     fn allowed(&self, t: NaiveTime) -> bool {

@@ -456,6 +456,19 @@ pub trait Store: Send + Sync {
 
     async fn set_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError>;
 
+    /// The setting, first set to `value` if it had none: whoever comes
+    /// first decides, every process reads the same.
+    async fn setting_or_init(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, StoreError>;
+
+    /// Delivered and failed messages settled since `since` (real Unix ms),
+    /// and distinct bounces, complaints and unsubscribes recorded since
+    /// then: what guardrails judge.
+    async fn outcomes_since(
+        &self,
+        campaign: &str,
+        since: i64,
+    ) -> Result<crate::schedule::Outcomes, StoreError>;
+
     /// Records events; for each, whether it is new (not a repeat of one
     /// already stored, which only adds a hit).
     async fn record_engagement(&self, events: &[Engagement]) -> Result<Vec<bool>, StoreError>;
@@ -952,6 +965,8 @@ pub(crate) mod contract {
         s.set_setting("x", b"1").await.unwrap();
         s.set_setting("x", b"2").await.unwrap();
         assert_eq!(s.setting("x").await.unwrap().as_deref(), Some(&b"2"[..]));
+        assert_eq!(s.setting_or_init("y", b"first").await.unwrap(), b"first");
+        assert_eq!(s.setting_or_init("y", b"second").await.unwrap(), b"first");
     }
 
     pub(crate) async fn a_cancel_is_final_and_a_resume_lifts_pauses_within_its_scope(
@@ -1080,6 +1095,9 @@ pub(crate) mod contract {
         assert_eq!(s.ledger_totals("c").await.unwrap().cancelled, 1);
         let b = s.ledger_breakdown("c").await.unwrap();
         assert_eq!(b.iter().map(|r| r.count).sum::<u64>(), 2);
+        let o = s.outcomes_since("c", 0).await.unwrap();
+        assert_eq!((o.delivered, o.failed), (1, 0));
+        assert_eq!(s.outcomes_since("c", i64::MAX).await.unwrap().delivered, 0);
         let series = s.delivered_series("c", 0, 1000).await.unwrap();
         assert_eq!(series.iter().map(|(_, _, n)| n).sum::<u64>(), 1);
         assert_eq!(series[0].1, "vip/a");

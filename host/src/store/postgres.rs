@@ -961,6 +961,65 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn setting_or_init(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&name, &value],
+            )
+            .await
+            .map_err(err)?;
+        let row = client
+            .query_one("SELECT value FROM settings WHERE name = $1", &[&name])
+            .await
+            .map_err(err)?;
+        Ok(row.get(0))
+    }
+
+    async fn outcomes_since(
+        &self,
+        campaign: &str,
+        since: i64,
+    ) -> Result<crate::schedule::Outcomes, StoreError> {
+        let client = self.client().await?;
+        let mut o = crate::schedule::Outcomes::default();
+        for r in client
+            .query(
+                "SELECT state, COUNT(*) FROM ledger WHERE campaign = $1 AND updated_at >= $2
+                   AND state IN ('delivered', 'failed') GROUP BY state",
+                &[&campaign, &since],
+            )
+            .await
+            .map_err(err)?
+        {
+            let n = r.get::<_, i64>(1) as u64;
+            if r.get::<_, &str>(0) == "delivered" {
+                o.delivered = n;
+            } else {
+                o.failed = n;
+            }
+        }
+        for r in client
+            .query(
+                "SELECT kind, COUNT(DISTINCT message_id) FROM engagement
+                 WHERE campaign = $1 AND first_at >= $2 AND NOT machine GROUP BY kind",
+                &[&campaign, &since],
+            )
+            .await
+            .map_err(err)?
+        {
+            let n = r.get::<_, i64>(1) as u64;
+            match r.get::<_, &str>(0) {
+                "bounce" => o.bounces = n,
+                "complaint" => o.complaints = n,
+                "unsubscribe" => o.unsubscribes = n,
+                _ => {}
+            }
+        }
+        Ok(o)
+    }
+
     async fn record_engagement(&self, events: &[Engagement]) -> Result<Vec<bool>, StoreError> {
         if events.is_empty() {
             return Ok(Vec::new());

@@ -1132,6 +1132,79 @@ impl Store for SqliteStore {
             .map_err(err)
     }
 
+    async fn setting_or_init(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let (n, v) = (name.to_string(), value.to_vec());
+        self.db
+            .call(move |conn| {
+                conn.execute(
+                    "INSERT INTO settings (name, value) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                    params![n, v],
+                )?;
+                conn.query_row(
+                    "SELECT value FROM settings WHERE name = ?1",
+                    params![n],
+                    |r| r.get(0),
+                )
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn outcomes_since(
+        &self,
+        campaign: &str,
+        since: i64,
+    ) -> Result<crate::schedule::Outcomes, StoreError> {
+        let c = campaign.to_string();
+        let mut o: crate::schedule::Outcomes = self
+            .ledger
+            .call(move |conn| {
+                let mut o = crate::schedule::Outcomes::default();
+                let mut stmt = conn.prepare_cached(
+                    "SELECT state, COUNT(*) FROM ledger WHERE campaign = ?1 AND updated_at >= ?2
+                       AND state IN ('delivered', 'failed') GROUP BY state",
+                )?;
+                let rows = stmt.query_map(params![c, since], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                })?;
+                for row in rows {
+                    let (state, n) = row?;
+                    if state == "delivered" {
+                        o.delivered = n;
+                    } else {
+                        o.failed = n;
+                    }
+                }
+                Ok(o)
+            })
+            .await
+            .map_err(err)?;
+        let c = campaign.to_string();
+        let kinds: Vec<(String, u64)> = self
+            .tracking
+            .call(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT kind, COUNT(DISTINCT message_id) FROM engagement
+                     WHERE campaign = ?1 AND first_at >= ?2 AND machine = 0 GROUP BY kind",
+                )?;
+                let rows = stmt.query_map(params![c, since], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                })?;
+                rows.collect()
+            })
+            .await
+            .map_err(err)?;
+        for (kind, n) in kinds {
+            match kind.as_str() {
+                "bounce" => o.bounces = n,
+                "complaint" => o.complaints = n,
+                "unsubscribe" => o.unsubscribes = n,
+                _ => {}
+            }
+        }
+        Ok(o)
+    }
+
     async fn record_engagement(&self, events: &[Engagement]) -> Result<Vec<bool>, StoreError> {
         let events = events.to_vec();
         self.tracking
