@@ -775,6 +775,28 @@ fn print_status(s: &squall::pipeline::status::Status) {
     for c in &s.controls {
         println!("  {} {} (by {})", c.state.as_str(), c.scope, c.reason);
     }
+    for d in &s.ab_decisions {
+        let arms: Vec<String> = d
+            .arms
+            .iter()
+            .map(|a| {
+                format!(
+                    "{} {}/{} = {:.1}%",
+                    a.variant,
+                    a.events,
+                    a.sent,
+                    a.rate * 100.0
+                )
+            })
+            .collect();
+        println!(
+            "  A/B {}: {} wins ({}; {})",
+            d.segment,
+            d.winner,
+            d.basis,
+            arms.join(", ")
+        );
+    }
     if s.parked_batches > 0 {
         println!(
             "  {} batch(es) held by a pause; `squall resume {}` sends them",

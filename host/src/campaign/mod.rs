@@ -308,6 +308,53 @@ fn check_schedule(
     {
         problems.push(map.at_offset(0, "guardrails.window is not a duration like \"1h\""));
     }
+    if let Some(ab) = &file.ab {
+        let a = ab.get_ref();
+        let decide = humantime::parse_duration(&a.decide_after);
+        if !(a.test_share > 0.0 && a.test_share < 1.0) {
+            problems.push(map.at_span(
+                &ab.span(),
+                "ab.test_share must be between 0 and 1, like 0.2",
+            ));
+        }
+        if let Err(e) = &decide {
+            problems.push(map.at_span(
+                &ab.span(),
+                format!(
+                    "ab.decide_after `{}`: {e} (write e.g. \"4h\")",
+                    a.decide_after
+                ),
+            ));
+        }
+        if let Some(f) = &a.fallback {
+            for seg in &file.segment {
+                let variants: Vec<&String> = file
+                    .message
+                    .iter()
+                    .filter(|m| m.segment.get_ref() == seg.name.get_ref())
+                    .map(|m| m.variant.get_ref())
+                    .collect();
+                if variants.len() > 1 && !variants.contains(&f) {
+                    problems.push(map.at_span(
+                        &ab.span(),
+                        format!(
+                            "ab.fallback `{f}` is not a variant of segment `{}`",
+                            seg.name.get_ref()
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Ok(d) = decide {
+            timing.ab = Some(crate::schedule::ab::AbPlan {
+                test_share: a.test_share,
+                metric: a.metric,
+                decide_after_ms: d.as_millis() as i64,
+                min_sample: a.min_sample,
+                fallback: a.fallback.clone(),
+            });
+        }
+    }
     let local = s.window.is_some() || s.quiet_hours.is_some();
     let field = match &s.timezone_field {
         Some(f) if local && !columns.contains(f.get_ref()) => {

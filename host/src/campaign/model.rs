@@ -32,6 +32,29 @@ pub struct CampaignFile {
     pub frequency: FrequencySection,
     #[serde(default)]
     pub guardrails: GuardrailsSection,
+    pub ab: Option<Spanned<AbSection>>,
+}
+
+/// A/B winner selection for segments with several variants.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbSection {
+    /// Share of each segment that gets every variant (by weight).
+    pub test_share: f64,
+    /// `open_rate`, `click_rate` or `conversion_rate`.
+    pub metric: crate::schedule::ab::Metric,
+    /// When the rest get the winner, e.g. `"4h"` after the test starts.
+    pub decide_after: String,
+    /// Messages each variant needs before a winner may be declared.
+    #[serde(default = "default_min_sample")]
+    pub min_sample: u64,
+    /// The variant the rest get when no winner is clear (default: each
+    /// segment's first).
+    pub fallback: Option<String>,
+}
+
+fn default_min_sample() -> u64 {
+    500
 }
 
 /// How many messages one person may get across campaigns.

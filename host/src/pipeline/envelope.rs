@@ -30,6 +30,10 @@ pub struct Placed {
     pub variant: String,
     /// Index of the campaign's `[[message]]`.
     pub message: u32,
+    /// Outside the A/B test share: waits for the winner, whose message
+    /// replaces this one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub holdout: bool,
 }
 
 pub type SegmentEnvelope = Envelope<Record>;

@@ -246,6 +246,7 @@ async fn execute(
                 shared: shared.clone(),
                 stage: Some(stage),
                 next_queue: names("send"),
+                input_queue: names("personalise"),
             };
             workers.spawn(async move { worker::run(&ctx, p).await });
         }

@@ -344,6 +344,7 @@ impl Router {
                 shared,
                 stage: Some(stages.personaliser.fork().map_err(fork_failed)?),
                 next_queue: Stage::Send.name().into(),
+                input_queue: Stage::Personalise.name().into(),
             }),
             Stage::Send => Loaded::Send(SendProcessor {
                 shared,

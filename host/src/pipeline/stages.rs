@@ -1,7 +1,7 @@
 //! The three stage processors: decode a batch, call the Wasm stage, hand
 //! the result to the next queue, record what happened.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -304,16 +304,29 @@ impl SegmentProcessor {
                             recipients: n,
                         });
                     }
+                    // Outside the A/B test share of a segment with several
+                    // variants: the winner is decided later.
+                    let holdout = self.shared.timing.ab.as_ref().is_some_and(|ab| {
+                        self.shared
+                            .messages
+                            .iter()
+                            .filter(|(s, _)| s == segment)
+                            .count()
+                            > 1
+                            && !ab.in_test(&env.campaign, segment, &recipient.id)
+                    });
                     *stats.per_segment.entry(segment.clone()).or_default() += 1;
+                    let shown = if holdout { "holdout" } else { variant.as_str() };
                     *stats
                         .per_variant
-                        .entry(format!("{segment}/{variant}"))
+                        .entry(format!("{segment}/{shown}"))
                         .or_default() += 1;
                     placed.push(Placed {
                         record: from_wit(recipient),
                         segment: segment.clone(),
                         variant: variant.clone(),
                         message: p.message,
+                        holdout,
                     });
                 }
             }
@@ -343,11 +356,26 @@ pub struct PersonaliseProcessor {
     pub shared: Shared,
     pub stage: Option<PersonaliserStage>,
     pub next_queue: String,
+    /// Where this stage's batches come from: A/B holdouts wait and go back
+    /// there.
+    pub input_queue: String,
 }
 
 impl Processor for PersonaliseProcessor {
     fn stage(&self) -> &'static str {
         "personalise"
+    }
+
+    /// A/B holdouts parked for the winner come back to this stage: it must
+    /// not finish while any batch of its campaign is parked.
+    async fn held(&mut self) -> bool {
+        self.shared.timing.ab.is_some()
+            && self
+                .shared
+                .store
+                .parked_count(&self.shared.campaign)
+                .await
+                .map_or(true, |n| n > 0)
     }
 
     async fn process(&mut self, delivery: &Delivery) -> Result<(), BatchFailure> {
@@ -357,9 +385,84 @@ impl Processor for PersonaliseProcessor {
 }
 
 impl PersonaliseProcessor {
+    /// A/B holdouts get the segment's winner once it is decided; before the
+    /// decision is due they are parked until it is; when it is due and not
+    /// yet made, this worker makes it (the first decision stored wins).
+    async fn resolve_holdouts(
+        &mut self,
+        mut env: PersonaliseEnvelope,
+    ) -> Result<PersonaliseEnvelope, BatchFailure> {
+        let Some(plan) = self.shared.timing.ab.clone() else {
+            return Ok(env);
+        };
+        if !env.items.iter().any(|p| p.holdout) {
+            return Ok(env);
+        }
+        let n = env.items.len() as u64;
+        let store = self.shared.store.clone();
+        let c = env.campaign.clone();
+        let now = crate::schedule::clock::now_ms();
+        let t0 = store
+            .setting_or_init(&format!("ab/{c}/t0"), now.to_string().as_bytes())
+            .await
+            .map_err(|e| infra(e, n))?;
+        let due = String::from_utf8_lossy(&t0).parse::<i64>().unwrap_or(now) + plan.decide_after_ms;
+        let mut waiting = Vec::new();
+        let mut go = Vec::with_capacity(env.items.len());
+        let mut winners: HashMap<String, Option<String>> = HashMap::new();
+        for mut p in std::mem::take(&mut env.items) {
+            if !p.holdout {
+                go.push(p);
+                continue;
+            }
+            if !winners.contains_key(&p.segment) {
+                let w = ab_winner(&self.shared, &plan, &c, &p.segment, now >= due).await?;
+                winners.insert(p.segment.clone(), w);
+            }
+            match winners[&p.segment].as_ref().and_then(|w| {
+                self.shared
+                    .messages
+                    .iter()
+                    .position(|(s, v)| *s == p.segment && v == w)
+                    .map(|i| (w.clone(), i as u32))
+            }) {
+                Some((variant, message)) => {
+                    p.variant = variant;
+                    p.message = message;
+                    p.holdout = false;
+                    go.push(p);
+                }
+                None => waiting.push(p),
+            }
+        }
+        env.items = go;
+        if !waiting.is_empty() {
+            let keys = waiting
+                .iter()
+                .map(|p| format!("{}/holdout", p.segment))
+                .collect();
+            let ids = waiting.iter().map(|p| p.record.id.clone()).collect();
+            park_items(
+                &self.shared,
+                &self.input_queue,
+                &env,
+                waiting,
+                keys,
+                ids,
+                due,
+            )
+            .await?;
+        }
+        Ok(env)
+    }
+
     /// A batch already decoded (a deployment's worker decodes it once, to
     /// route it to its campaign).
     pub async fn process_envelope(&mut self, env: PersonaliseEnvelope) -> Result<(), BatchFailure> {
+        let env = self.resolve_holdouts(env).await?;
+        if env.items.is_empty() {
+            return Ok(());
+        }
         let n = env.items.len() as u64;
         let picks: Vec<u32> = env.items.iter().map(|p| p.message).collect();
         let mut meta = Vec::with_capacity(env.items.len());
@@ -690,19 +793,34 @@ async fn park(
     held: Vec<Outgoing>,
     due_at: i64,
 ) -> Result<(), BatchFailure> {
-    let n = held.len() as u64;
-    let keys: std::collections::BTreeSet<String> = held
+    let keys = held
         .iter()
         .map(|m| format!("{}/{}", m.segment, m.variant))
         .collect();
-    let ids: Vec<&str> = held.iter().map(|m| m.message_id.as_str()).collect();
+    let ids = held.iter().map(|m| m.message_id.clone()).collect();
+    park_items(shared, input_queue, env, held, keys, ids, due_at).await
+}
+
+/// `park` for any stage's items: `keys` (`segment/variant`) say which
+/// controls hold them, `ids` name them.
+#[allow(clippy::too_many_arguments)]
+async fn park_items<T: serde::Serialize + serde::de::DeserializeOwned + Clone, U>(
+    shared: &Shared,
+    input_queue: &str,
+    env: &Envelope<U>,
+    held: Vec<T>,
+    keys: std::collections::BTreeSet<String>,
+    ids: Vec<String>,
+    due_at: i64,
+) -> Result<(), BatchFailure> {
+    let n = held.len() as u64;
     let name = format!(
         "{}/{}/{due_at}/{:016x}",
         env.campaign,
         env.batch,
         xxhash_rust::xxh3::xxh3_64(ids.join(",").as_bytes())
     );
-    let mut keep = Envelope::new(&env.campaign, env.batch.clone(), vec![], held);
+    let mut keep = Envelope::new(&env.campaign, env.batch.clone(), env.columns.clone(), held);
     keep.wave = env.wave;
     let parked = keep.encode(shared.queue.max_message_size());
     for (i, payload) in parked.bodies.into_iter().enumerate() {
@@ -721,6 +839,95 @@ async fn park(
     }
     RunCounters::add(&shared.counters.parked, n);
     Ok(())
+}
+
+/// The segment's A/B winner: stored, or decided now when `due`.
+async fn ab_winner(
+    shared: &Shared,
+    plan: &crate::schedule::ab::AbPlan,
+    campaign: &str,
+    segment: &str,
+    due: bool,
+) -> Result<Option<String>, BatchFailure> {
+    use crate::schedule::ab::{Arm, Decision, Metric};
+    let store = &*shared.store;
+    let key = format!("ab/{campaign}/decision/{segment}");
+    let stored = store.setting(&key).await.map_err(|e| infra(e, 0))?;
+    if let Some(d) = stored.and_then(|b| serde_json::from_slice::<Decision>(&b).ok()) {
+        return Ok(Some(d.winner));
+    }
+    if !due {
+        return Ok(None);
+    }
+    let variants: Vec<&String> = shared
+        .messages
+        .iter()
+        .filter(|(s, _)| s == segment)
+        .map(|(_, v)| v)
+        .collect();
+    let fallback = plan
+        .fallback
+        .clone()
+        .unwrap_or_else(|| variants.first().map(|v| v.to_string()).unwrap_or_default());
+    let ledger = store
+        .ledger_breakdown(campaign)
+        .await
+        .map_err(|e| infra(e, 0))?;
+    let engagement = store.engagement(campaign).await.map_err(|e| infra(e, 0))?;
+    let conversions = store.conversions(campaign).await.map_err(|e| infra(e, 0))?;
+    let arms: Vec<Arm> = variants
+        .iter()
+        .map(|v| {
+            let mk = format!("{segment}/{v}");
+            let sent = ledger
+                .iter()
+                .filter(|r| r.message_key == mk && r.state == "delivered")
+                .map(|r| r.count)
+                .sum();
+            let events = match plan.metric {
+                Metric::OpenRate | Metric::ClickRate => {
+                    let kind = if plan.metric == Metric::OpenRate {
+                        crate::store::EngagementKind::Open
+                    } else {
+                        crate::store::EngagementKind::Click
+                    };
+                    engagement
+                        .iter()
+                        .filter(|e| {
+                            e.kind == kind && !e.machine && e.segment == segment && e.variant == **v
+                        })
+                        .map(|e| e.messages)
+                        .sum()
+                }
+                Metric::ConversionRate => conversions
+                    .iter()
+                    .filter(|c| c.segment == segment && c.variant == **v)
+                    .map(|c| c.recipients)
+                    .sum(),
+            };
+            Arm {
+                variant: v.to_string(),
+                sent,
+                events,
+                rate: 0.0,
+            }
+        })
+        .collect();
+    let decision = plan.decide(segment, &fallback, arms, crate::schedule::clock::now_ms());
+    let kept = store
+        .setting_or_init(&key, &serde_json::to_vec(&decision).unwrap_or_default())
+        .await
+        .map_err(|e| infra(e, 0))?;
+    let decision: Decision = serde_json::from_slice(&kept).unwrap_or(decision);
+    tracing::info!(
+        campaign,
+        segment,
+        winner = decision.winner,
+        "A/B decision: {} ({})",
+        decision.winner,
+        decision.basis
+    );
+    Ok(Some(decision.winner))
 }
 
 /// How often a process judges a campaign's guardrails over the window.

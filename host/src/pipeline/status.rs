@@ -29,6 +29,8 @@ pub struct Status {
     pub controls: Vec<crate::store::Control>,
     /// Batches a pause holds in the store until a resume.
     pub parked_batches: u64,
+    /// A/B decisions made, per segment, with their numbers.
+    pub ab_decisions: Vec<crate::schedule::ab::Decision>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -105,7 +107,18 @@ pub async fn status(backends: &Backends, campaign: &str) -> anyhow::Result<Statu
             why.join("; ")
         )
     });
+    let mut ab_decisions = Vec::new();
+    for segment in segments(store, campaign).await? {
+        if let Some(d) = store
+            .setting(&format!("ab/{campaign}/decision/{segment}"))
+            .await?
+            .and_then(|b| serde_json::from_slice(&b).ok())
+        {
+            ab_decisions.push(d);
+        }
+    }
     Ok(Status {
+        ab_decisions,
         controls: store.controls(campaign).await?,
         parked_batches: store.parked_count(campaign).await?,
         providers,
@@ -117,4 +130,24 @@ pub async fn status(backends: &Backends, campaign: &str) -> anyhow::Result<Statu
         complete: state.intake_finished && in_progress == 0,
         totals,
     })
+}
+
+/// The campaign's segment names, from its stored definition.
+async fn segments(store: &dyn crate::store::Store, campaign: &str) -> anyhow::Result<Vec<String>> {
+    let Some((_, bytes)) = store.bundle(campaign).await? else {
+        return Ok(Vec::new());
+    };
+    let bundle = crate::campaign::Bundle::from_bytes(&bytes)?;
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(default)]
+        segment: Vec<Named>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Named {
+        name: String,
+    }
+    Ok(toml::from_str::<Head>(&bundle.text)
+        .map(|h| h.segment.into_iter().map(|s| s.name).collect())
+        .unwrap_or_default())
 }

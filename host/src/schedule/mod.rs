@@ -3,6 +3,7 @@
 //! (now, time zone, settings), so every worker agrees and tests can ask
 //! about any instant.
 
+pub mod ab;
 pub mod clock;
 pub mod waves;
 
@@ -55,6 +56,8 @@ pub struct Timing {
     /// Waves, when the campaign goes out in them.
     pub waves: Option<waves::WavePlan>,
     pub guardrails: Guardrails,
+    /// A/B winner selection.
+    pub ab: Option<ab::AbPlan>,
 }
 
 /// Rates that pause a campaign (see `campaign::GuardrailsSection`).
