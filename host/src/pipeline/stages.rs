@@ -934,7 +934,7 @@ async fn ab_winner(
 const JUDGE_EVERY: Duration = Duration::from_secs(2);
 
 /// Waves and guardrails. A wave's batches wait (parked) until the wave is
-/// due: the first wave-0 batch to reach a send stage fixes the campaign's
+/// due: the first batch (of any wave) to reach a send stage fixes the campaign's
 /// wave clock, and wave w is due `w × wave_pause` later. When a wave comes
 /// due, and every `JUDGE_EVERY` over the sliding window, the guardrails
 /// judge what was sent; a breach pauses the whole campaign with the reason
