@@ -99,6 +99,27 @@ pub async fn goal(backends: &Backends, campaign: &str) -> anyhow::Result<Option<
         .and_then(|h| h.campaign.goal))
 }
 
+/// Whether the campaign's stored definition goes out in waves.
+async fn uses_waves(backends: &Backends, campaign: &str) -> anyhow::Result<bool> {
+    let Some((_, bytes)) = backends.store.bundle(campaign).await? else {
+        return Ok(false);
+    };
+    let bundle = Bundle::from_bytes(&bytes)?;
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(default)]
+        schedule: Option<Sched>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Sched {
+        waves: Option<Vec<f64>>,
+    }
+    Ok(toml::from_str::<Head>(&bundle.text)
+        .ok()
+        .and_then(|h| h.schedule)
+        .is_some_and(|s| s.waves.is_some()))
+}
+
 pub async fn campaign_stats(
     backends: &Backends,
     campaign: &str,
@@ -130,9 +151,10 @@ pub async fn campaign_stats(
             }
         }
     }
-    // Waves are not in the ledger: every sent message is wave 0 until
-    // waves exist, then each wave's sends are counted where they are made.
-    if totals.sent > 0 || !by_variant.is_empty() {
+    // The ledger does not record waves. Without waves everything is wave 0;
+    // with them, a wave's row has its engagement but no sent count (and so
+    // no rates): the wave of a sent message is not kept yet.
+    if (totals.sent > 0 || !by_variant.is_empty()) && !uses_waves(backends, campaign).await? {
         let w = by_wave.entry("0".into()).or_default();
         w.sent = totals.sent;
         w.failed = totals.failed;
