@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::serve::{ADMIN, Serve, write_config};
+use support::serve::{ADMIN, ANALYST, Serve, write_config};
 use support::*;
 
 fn browser_tools() -> Option<(PathBuf, PathBuf)> {
@@ -74,6 +74,7 @@ fn the_dashboard_shows_a_live_campaign_and_pauses_it() {
         .arg(ADMIN)
         .arg("spring-sale")
         .arg(&shot)
+        .arg(ANALYST)
         .env("CHROMIUM", &chromium)
         .output()
         .expect("node");
@@ -103,6 +104,8 @@ fn the_dashboard_shows_a_live_campaign_and_pauses_it() {
     assert_eq!(r["state_before"], "sending");
     assert!(r["paused_seen_after_ms"].as_u64().unwrap() < 5000, "{r}");
     assert_eq!(r["resume_button"], true, "a paused campaign offers resume");
+    assert_eq!(r["analyst_role"], "signed in as analyst");
+    assert_eq!(r["analyst_buttons"], 0, "an analyst gets no controls: {r}");
     assert!(
         std::fs::metadata(&shot).unwrap().len() > 10_000,
         "a real screenshot"

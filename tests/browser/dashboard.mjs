@@ -2,10 +2,10 @@
 // in, opens the campaign, watches the counters rise, clicks "Pause
 // campaign" and waits for the page to say paused. Prints one JSON line.
 //
-//   node dashboard.mjs <base-url> <token> <campaign> <screenshot.png>
+//   node dashboard.mjs <base-url> <admin-token> <campaign> <screenshot.png> <analyst-token>
 import { chromium } from "playwright-core";
 
-const [base, token, campaign, screenshot] = process.argv.slice(2);
+const [base, token, campaign, screenshot, analystToken] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: ["--no-sandbox", "--disable-dev-shm-usage"],
@@ -37,6 +37,18 @@ try {
   result.sent_later = await sent();
   await page.screenshot({ path: screenshot, fullPage: true });
   result.resume_button = (await page.$("button[data-action=resume]")) !== null;
+  // An analyst sees the same page without any control.
+  if (analystToken) {
+    const other = await browser.newContext();
+    const view = await other.newPage();
+    await view.goto(base + "/");
+    await view.fill("#token", analystToken);
+    await view.click("#login-form button[type=submit]");
+    await view.click(`a[href="#/c/${campaign}"]`);
+    await view.waitForSelector("#v-sent");
+    result.analyst_role = await view.textContent("#role");
+    result.analyst_buttons = (await view.$$("button[data-action]")).length;
+  }
 } catch (e) {
   result.error = String(e && e.stack || e);
 } finally {
