@@ -350,14 +350,5 @@ fn histogram(o: &mut Out, name: &str, label: (&str, &str), counts: &[u64], bound
 
 /// What made a stage give up on a batch, from its dead-letter reason.
 fn cause(reason: &str) -> &'static str {
-    let r = reason.to_ascii_lowercase();
-    if r.contains("deadline") || r.contains("timed out") || r.contains("time limit") {
-        "timeout"
-    } else if r.contains("memory") {
-        "memory"
-    } else if r.contains("trap") || r.contains("wasm") {
-        "trap"
-    } else {
-        "other"
-    }
+    crate::runtime::StageError::cause_of(reason).unwrap_or("other")
 }

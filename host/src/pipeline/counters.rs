@@ -36,15 +36,11 @@ impl StageMetrics {
         self.latency[i].fetch_add(1, Ordering::Relaxed);
         if let BatchEnd::Failed(reason) = end {
             self.failed.fetch_add(1, Ordering::Relaxed);
-            // The wording of `runtime::StageError`.
-            let cause = if reason.contains("exceeded its time limit") {
-                Some(&self.timeouts)
-            } else if reason.contains("exceeded its memory limit") {
-                Some(&self.memory)
-            } else if reason.contains(" trapped: ") {
-                Some(&self.traps)
-            } else {
-                None
+            let cause = match crate::runtime::StageError::cause_of(reason) {
+                Some("timeout") => Some(&self.timeouts),
+                Some("memory") => Some(&self.memory),
+                Some(_) => Some(&self.traps),
+                None => None,
             };
             if let Some(c) = cause {
                 c.fetch_add(1, Ordering::Relaxed);

@@ -56,6 +56,24 @@ pub enum StageError {
     Load { stage: String, message: String },
 }
 
+impl StageError {
+    /// What a failure reason that came from a `StageError` says about its
+    /// cause: `trap`, `timeout` or `memory`; `None` for other reasons. By
+    /// the wording above, since reasons travel as text (dead letters, retry
+    /// reasons) and are classified where they are counted.
+    pub fn cause_of(reason: &str) -> Option<&'static str> {
+        if reason.contains("exceeded its time limit") {
+            Some("timeout")
+        } else if reason.contains("exceeded its memory limit") {
+            Some("memory")
+        } else if reason.contains(" trapped: ") {
+            Some("trap")
+        } else {
+            None
+        }
+    }
+}
+
 /// Host state of one stage instance.
 pub(crate) struct StageState {
     pub(crate) stage: String,
