@@ -352,10 +352,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 None => None,
             };
             let now_ms = match now {
-                Some(t) => humantime::parse_rfc3339_weak(&t)
-                    .with_context(|| format!("--now {t}: use RFC 3339, like 2027-03-01T09:00:00Z"))?
-                    .duration_since(std::time::UNIX_EPOCH)?
-                    .as_millis() as i64,
+                Some(t) => squall::schedule::clock::parse_rfc3339_ms(&t).with_context(|| {
+                    format!("--now {t}: use RFC 3339, like 2027-03-01T09:00:00Z")
+                })?,
                 None => squall::schedule::clock::now_ms(),
             };
             let store = squall::store::sqlite::SqliteStore::open(&data_dir)?;

@@ -50,15 +50,11 @@ pub async fn record(
     }
     let at = match &e.time {
         None => now_ms(),
-        Some(t) => humantime::parse_rfc3339_weak(t)
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_millis() as i64)
-            .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "`time` must be RFC 3339, like 2026-12-04T10:00:00Z; got `{t}`"
-                ))
-            })?,
+        Some(t) => crate::schedule::clock::parse_rfc3339_ms(t).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "`time` must be RFC 3339, like 2026-12-04T10:00:00Z; got `{t}`"
+            ))
+        })?,
     };
     let window = state
         .backends

@@ -214,14 +214,9 @@ fn check_schedule(
     let s = &file.schedule;
     let mut timing = Timing::default();
     if let Some(start) = &s.start {
-        match humantime::parse_rfc3339_weak(start.get_ref()) {
-            Ok(t) => {
-                timing.start_ms = t
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .ok()
-                    .map(|d| d.as_millis() as i64)
-            }
-            Err(_) => problems.push(map.at_span(
+        match crate::schedule::clock::parse_rfc3339_ms(start.get_ref()) {
+            Some(ms) => timing.start_ms = Some(ms),
+            None => problems.push(map.at_span(
                 &start.span(),
                 format!(
                     "schedule.start `{}` is not a time like 2027-03-01T09:00:00Z",

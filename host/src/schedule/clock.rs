@@ -49,3 +49,12 @@ pub fn now_ms() -> i64 {
             .map_or(0, |d| d.as_millis() as i64),
     }
 }
+
+/// An RFC 3339 time (`2027-03-01T09:00:00Z`) as Unix milliseconds.
+pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
+    humantime::parse_rfc3339_weak(text.trim())
+        .ok()?
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as i64)
+}

@@ -104,9 +104,7 @@ struct SesDelivery {
 
 fn millis(ts: &Option<String>) -> Option<i64> {
     ts.as_deref()
-        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_millis() as i64)
+        .and_then(crate::schedule::clock::parse_rfc3339_ms)
 }
 
 /// `<0123…@example.com>` → `0123…`.
