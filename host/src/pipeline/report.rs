@@ -118,3 +118,47 @@ pub async fn write_rejects(
     std::fs::rename(&tmp, &path)?;
     Ok(path)
 }
+
+/// What the reports need of a campaign's stored definition (its bundle):
+/// read and parsed once per report.
+#[derive(Debug, Clone, Default)]
+pub struct StoredHead {
+    pub goal: Option<String>,
+    pub segments: Vec<String>,
+    pub uses_waves: bool,
+}
+
+pub async fn stored_head(store: &dyn Store, campaign: &str) -> anyhow::Result<StoredHead> {
+    let Some((_, bytes)) = store.bundle(campaign).await? else {
+        return Ok(StoredHead::default());
+    };
+    let bundle = crate::campaign::Bundle::from_bytes(&bytes)?;
+    #[derive(serde::Deserialize)]
+    struct Head {
+        campaign: HeadCampaign,
+        #[serde(default)]
+        segment: Vec<Named>,
+        schedule: Option<HeadSchedule>,
+    }
+    #[derive(serde::Deserialize)]
+    struct HeadCampaign {
+        goal: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Named {
+        name: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct HeadSchedule {
+        waves: Option<Vec<f64>>,
+    }
+    // The bundle was valid when stored; a head that no longer parses (a
+    // newer format) reports as having none of these.
+    Ok(toml::from_str::<Head>(&bundle.text)
+        .map(|h| StoredHead {
+            goal: h.campaign.goal,
+            segments: h.segment.into_iter().map(|s| s.name).collect(),
+            uses_waves: h.schedule.is_some_and(|s| s.waves.is_some()),
+        })
+        .unwrap_or_default())
+}

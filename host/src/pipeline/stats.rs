@@ -9,8 +9,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::backends::Backends;
-use super::status::{Status, status};
-use crate::campaign::Bundle;
+use super::status::{Status, status_with};
 use crate::store::EngagementKind;
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -80,46 +79,6 @@ pub struct CampaignStats {
     pub bucket_ms: i64,
 }
 
-/// The campaign's goal, from its stored definition.
-pub async fn goal(backends: &Backends, campaign: &str) -> anyhow::Result<Option<String>> {
-    let Some((_, bytes)) = backends.store.bundle(campaign).await? else {
-        return Ok(None);
-    };
-    let bundle = Bundle::from_bytes(&bytes)?;
-    #[derive(serde::Deserialize)]
-    struct Head {
-        campaign: HeadCampaign,
-    }
-    #[derive(serde::Deserialize)]
-    struct HeadCampaign {
-        goal: Option<String>,
-    }
-    Ok(toml::from_str::<Head>(&bundle.text)
-        .ok()
-        .and_then(|h| h.campaign.goal))
-}
-
-/// Whether the campaign's stored definition goes out in waves.
-async fn uses_waves(backends: &Backends, campaign: &str) -> anyhow::Result<bool> {
-    let Some((_, bytes)) = backends.store.bundle(campaign).await? else {
-        return Ok(false);
-    };
-    let bundle = Bundle::from_bytes(&bytes)?;
-    #[derive(serde::Deserialize)]
-    struct Head {
-        #[serde(default)]
-        schedule: Option<Sched>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Sched {
-        waves: Option<Vec<f64>>,
-    }
-    Ok(toml::from_str::<Head>(&bundle.text)
-        .ok()
-        .and_then(|h| h.schedule)
-        .is_some_and(|s| s.waves.is_some()))
-}
-
 pub async fn campaign_stats(
     backends: &Backends,
     campaign: &str,
@@ -127,8 +86,9 @@ pub async fn campaign_stats(
     bucket_ms: i64,
 ) -> anyhow::Result<CampaignStats> {
     let store = &*backends.store;
-    let status = status(backends, campaign).await?;
-    let goal = goal(backends, campaign).await?;
+    let head = super::report::stored_head(store, campaign).await?;
+    let status = status_with(backends, campaign, &head).await?;
+    let goal = head.goal.clone();
     let count_machine = backends.config.tracking.count_machine_opens;
     let mut totals = Figures::default();
     let mut by_segment: BTreeMap<String, Figures> = BTreeMap::new();
@@ -154,7 +114,7 @@ pub async fn campaign_stats(
     // The ledger does not record waves. Without waves everything is wave 0;
     // with them, a wave's row has its engagement but no sent count (and so
     // no rates): the wave of a sent message is not kept yet.
-    if (totals.sent > 0 || !by_variant.is_empty()) && !uses_waves(backends, campaign).await? {
+    if (totals.sent > 0 || !by_variant.is_empty()) && !head.uses_waves {
         let w = by_wave.entry("0".into()).or_default();
         w.sent = totals.sent;
         w.failed = totals.failed;

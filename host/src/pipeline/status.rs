@@ -47,6 +47,16 @@ pub struct StageStatus {
 }
 
 pub async fn status(backends: &Backends, campaign: &str) -> anyhow::Result<Status> {
+    let head = super::report::stored_head(&*backends.store, campaign).await?;
+    status_with(backends, campaign, &head).await
+}
+
+/// `status`, with the stored definition's head already read.
+pub async fn status_with(
+    backends: &Backends,
+    campaign: &str,
+    head: &super::report::StoredHead,
+) -> anyhow::Result<Status> {
     let store = &*backends.store;
     // A `squall run` leaves no bundle, only the campaign's state.
     if !store.campaign_known(campaign).await? && store.bundle_hash(campaign).await?.is_none() {
@@ -108,7 +118,7 @@ pub async fn status(backends: &Backends, campaign: &str) -> anyhow::Result<Statu
         )
     });
     let mut ab_decisions = Vec::new();
-    for segment in segments(store, campaign).await? {
+    for segment in &head.segments {
         if let Some(d) = store
             .setting(&format!("ab/{campaign}/decision/{segment}"))
             .await?
@@ -130,24 +140,4 @@ pub async fn status(backends: &Backends, campaign: &str) -> anyhow::Result<Statu
         complete: state.intake_finished && in_progress == 0,
         totals,
     })
-}
-
-/// The campaign's segment names, from its stored definition.
-async fn segments(store: &dyn crate::store::Store, campaign: &str) -> anyhow::Result<Vec<String>> {
-    let Some((_, bytes)) = store.bundle(campaign).await? else {
-        return Ok(Vec::new());
-    };
-    let bundle = crate::campaign::Bundle::from_bytes(&bytes)?;
-    #[derive(serde::Deserialize)]
-    struct Head {
-        #[serde(default)]
-        segment: Vec<Named>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Named {
-        name: String,
-    }
-    Ok(toml::from_str::<Head>(&bundle.text)
-        .map(|h| h.segment.into_iter().map(|s| s.name).collect())
-        .unwrap_or_default())
 }
