@@ -17,6 +17,13 @@ pub const REFRESH: Duration = Duration::from_secs(1);
 /// resume, or messages come due): an indexed query of due rows.
 pub const PUT_BACK_EVERY: Duration = Duration::from_millis(250);
 
+/// Parked batches looked over at once: more than a big pause holds.
+const PUT_BACK_LOOKS_AT: u32 = 20_000;
+
+/// Parked batches put back at once (payloads in memory together); the
+/// rest go on the next look, `PUT_BACK_EVERY` later.
+const PUT_BACK_AT_ONCE: usize = 100;
+
 /// How long a worker has to put taken parked batches back before another
 /// worker may take them.
 const TAKE_LEASE: Duration = Duration::from_secs(60);
@@ -66,7 +73,7 @@ impl ControlView {
             tracing::info!(
                 campaign = self.campaign,
                 batches,
-                "waiting: batches are held in the store by a pause or until their send window; `squall status` says which"
+                "waiting: batches are held in the store by a pause, until their send window or for their turn on the campaign's rate; `squall status` says which"
             );
             *last = Some(Instant::now());
         }
@@ -102,7 +109,11 @@ pub async fn put_back(
     queue: &dyn Queue,
     only: Option<&str>,
 ) -> anyhow::Result<usize> {
-    let parked = store.parked(200, crate::schedule::clock::now_ms()).await?;
+    // Heads only, so a pause holding thousands of batches (listed first,
+    // due at 0) neither hides the due ones behind it nor costs much.
+    let parked = store
+        .parked(PUT_BACK_LOOKS_AT, crate::schedule::clock::now_ms())
+        .await?;
     let mut controls: std::collections::HashMap<String, Vec<Control>> = Default::default();
     let mut ready = Vec::new();
     for p in parked {
@@ -118,6 +129,9 @@ pub async fn put_back(
             .any(|k| state_of(cs, k) != Some(ControlState::Paused))
         {
             ready.push(p);
+            if ready.len() == PUT_BACK_AT_ONCE {
+                break;
+            }
         }
     }
     if ready.is_empty() {
@@ -126,7 +140,7 @@ pub async fn put_back(
     let ids: Vec<String> = ready.iter().map(|p| p.id.clone()).collect();
     let taken = store.take_parked(&ids, TAKE_LEASE).await?;
     let mut back = Vec::new();
-    for p in ready.into_iter().filter(|p| taken.contains(&p.id)) {
+    for p in taken {
         // Sent before it is forgotten: a crash in between sends it twice,
         // and the ledger makes the second copy harmless.
         queue.send(&p.queue, vec![p.payload]).await?;
@@ -134,9 +148,10 @@ pub async fn put_back(
     }
     store.unpark(&back).await?;
     if !back.is_empty() {
-        tracing::info!(
+        // Debug: paced campaigns put batches back several times a second.
+        tracing::debug!(
             batches = back.len(),
-            "resumed: parked batches are back in the send queue"
+            "parked batches came due or were resumed: back in their queue"
         );
     }
     Ok(back.len())

@@ -136,6 +136,27 @@ pub struct Parked {
     pub payload: Vec<u8>,
 }
 
+/// A parked batch without its payload: what deciding whether it may go
+/// needs, so that looking over many held batches reads little.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedHead {
+    pub id: String,
+    pub campaign: String,
+    pub due_at: i64,
+    pub keys: Vec<String>,
+}
+
+impl Parked {
+    pub fn head(&self) -> ParkedHead {
+        ParkedHead {
+            id: self.id.clone(),
+            campaign: self.campaign.clone(),
+            due_at: self.due_at,
+            keys: self.keys.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

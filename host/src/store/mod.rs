@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audience::Reject;
 pub use crate::delivery::metrics::ProviderStats;
-pub use control::{Control, ControlAction, ControlState, Parked, Scope};
+pub use control::{Control, ControlAction, ControlState, Parked, ParkedHead, Scope};
 pub use engagement::{
     Conversion, ConversionCount, Engagement, EngagementCount, EngagementKind, LedgerBreakdown,
     MessageRef, SentMessage,
@@ -497,16 +497,18 @@ pub trait Store: Send + Sync {
     async fn park(&self, parked: &Parked) -> Result<(), StoreError>;
 
     /// Up to `limit` parked batches due by `due_by` (campaign time) that no
-    /// worker is putting back right now, earliest due first.
-    async fn parked(&self, limit: u32, due_by: i64) -> Result<Vec<Parked>, StoreError>;
+    /// worker is putting back right now, earliest due first, without their
+    /// payloads (a pause may hold thousands, looked over several times a
+    /// second).
+    async fn parked(&self, limit: u32, due_by: i64) -> Result<Vec<ParkedHead>, StoreError>;
 
-    /// Takes parked batches for putting back, for `lease`; returns the ids
-    /// taken (another worker may have been first).
+    /// Takes parked batches for putting back, for `lease`; returns the ones
+    /// taken (another worker may have been first), payloads and all.
     async fn take_parked(
         &self,
         ids: &[String],
         lease: std::time::Duration,
-    ) -> Result<Vec<String>, StoreError>;
+    ) -> Result<Vec<Parked>, StoreError>;
 
     /// Forgets parked batches once they are back in their queue.
     async fn unpark(&self, ids: &[String]) -> Result<(), StoreError>;
@@ -1022,7 +1024,7 @@ pub(crate) mod contract {
         };
         s.park(&later).await.unwrap();
         assert!(s.parked(10, 4_999).await.unwrap().is_empty(), "not due yet");
-        assert_eq!(s.parked(10, 5_000).await.unwrap(), vec![later.clone()]);
+        assert_eq!(s.parked(10, 5_000).await.unwrap(), vec![later.head()]);
         s.unpark(std::slice::from_ref(&later.id)).await.unwrap();
         let p = Parked {
             id: "c/send/b1".into(),
@@ -1035,10 +1037,10 @@ pub(crate) mod contract {
         s.park(&p).await.unwrap();
         s.park(&p).await.unwrap();
         assert_eq!(s.parked_count("c").await.unwrap(), 1);
-        assert_eq!(s.parked(10, 0).await.unwrap(), vec![p.clone()]);
+        assert_eq!(s.parked(10, 0).await.unwrap(), vec![p.head()]);
         let lease = std::time::Duration::from_secs(60);
         let ids = vec![p.id.clone()];
-        assert_eq!(s.take_parked(&ids, lease).await.unwrap(), ids);
+        assert_eq!(s.take_parked(&ids, lease).await.unwrap(), vec![p.clone()]);
         assert!(s.take_parked(&ids, lease).await.unwrap().is_empty());
         assert!(
             s.parked(10, 0).await.unwrap().is_empty(),

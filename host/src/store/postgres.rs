@@ -1250,15 +1250,43 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn parked(&self, limit: u32, due_by: i64) -> Result<Vec<Parked>, StoreError> {
+    async fn parked(&self, limit: u32, due_by: i64) -> Result<Vec<ParkedHead>, StoreError> {
         let rows = self
             .client()
             .await?
             .query(
-                "SELECT id, campaign, queue, keys, payload, due_at FROM parked
+                "SELECT id, campaign, keys, due_at FROM parked
                  WHERE taken_until < $1 AND due_at <= $3
                  ORDER BY due_at, at, id LIMIT $2",
                 &[&now_ms(), &i64::from(limit), &due_by],
+            )
+            .await
+            .map_err(err)?;
+        Ok(rows
+            .iter()
+            .map(|r| ParkedHead {
+                id: r.get(0),
+                campaign: r.get(1),
+                due_at: r.get(3),
+                keys: r.get::<_, tokio_postgres::types::Json<Vec<String>>>(2).0,
+            })
+            .collect())
+    }
+
+    async fn take_parked(
+        &self,
+        ids: &[String],
+        lease: std::time::Duration,
+    ) -> Result<Vec<Parked>, StoreError> {
+        let now = now_ms();
+        let until = now + lease.as_millis() as i64;
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "UPDATE parked SET taken_until = $2 WHERE id = ANY($1) AND taken_until < $3
+                 RETURNING id, campaign, queue, keys, payload, due_at",
+                &[&ids, &until, &now],
             )
             .await
             .map_err(err)?;
@@ -1273,25 +1301,6 @@ impl Store for PostgresStore {
                 payload: r.get(4),
             })
             .collect())
-    }
-
-    async fn take_parked(
-        &self,
-        ids: &[String],
-        lease: std::time::Duration,
-    ) -> Result<Vec<String>, StoreError> {
-        let now = now_ms();
-        let until = now + lease.as_millis() as i64;
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "UPDATE parked SET taken_until = $2 WHERE id = ANY($1) AND taken_until < $3 RETURNING id",
-                &[&ids, &until, &now],
-            )
-            .await
-            .map_err(err)?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     async fn unpark(&self, ids: &[String]) -> Result<(), StoreError> {

@@ -1413,22 +1413,20 @@ impl Store for SqliteStore {
             .map_err(err)
     }
 
-    async fn parked(&self, limit: u32, due_by: i64) -> Result<Vec<Parked>, StoreError> {
+    async fn parked(&self, limit: u32, due_by: i64) -> Result<Vec<ParkedHead>, StoreError> {
         self.db
             .call(move |conn| {
                 let mut stmt = conn.prepare_cached(
-                    "SELECT id, campaign, queue, keys, payload, due_at FROM parked
+                    "SELECT id, campaign, keys, due_at FROM parked
                      WHERE taken_until < ?1 AND due_at <= ?3
                      ORDER BY due_at, at, id LIMIT ?2",
                 )?;
                 let rows = stmt.query_map(params![now_ms(), limit, due_by], |r| {
-                    Ok(Parked {
+                    Ok(ParkedHead {
                         id: r.get(0)?,
                         campaign: r.get(1)?,
-                        due_at: r.get(5)?,
-                        queue: r.get(2)?,
-                        keys: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or_default(),
-                        payload: r.get(4)?,
+                        due_at: r.get(3)?,
+                        keys: serde_json::from_str(&r.get::<_, String>(2)?).unwrap_or_default(),
                     })
                 })?;
                 rows.collect()
@@ -1441,7 +1439,7 @@ impl Store for SqliteStore {
         &self,
         ids: &[String],
         lease: std::time::Duration,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<Parked>, StoreError> {
         let ids = ids.to_vec();
         self.db
             .call(move |conn| {
@@ -1450,14 +1448,24 @@ impl Store for SqliteStore {
                 let tx = conn.transaction()?;
                 let mut taken = Vec::new();
                 for id in ids {
-                    let n = tx
+                    let row = tx
                         .prepare_cached(
-                            "UPDATE parked SET taken_until = ?2 WHERE id = ?1 AND taken_until < ?3",
+                            "UPDATE parked SET taken_until = ?2 WHERE id = ?1 AND taken_until < ?3
+                             RETURNING id, campaign, queue, keys, payload, due_at",
                         )?
-                        .execute(params![id, until, now])?;
-                    if n == 1 {
-                        taken.push(id);
-                    }
+                        .query_row(params![id, until, now], |r| {
+                            Ok(Parked {
+                                id: r.get(0)?,
+                                campaign: r.get(1)?,
+                                due_at: r.get(5)?,
+                                queue: r.get(2)?,
+                                keys: serde_json::from_str(&r.get::<_, String>(3)?)
+                                    .unwrap_or_default(),
+                                payload: r.get(4)?,
+                            })
+                        })
+                        .optional()?;
+                    taken.extend(row);
                 }
                 tx.commit()?;
                 Ok(taken)
