@@ -684,3 +684,74 @@ fn sent_times(lines: &[serde_json::Value], campaign: &str) -> Vec<i64> {
     at.sort();
     at
 }
+
+#[test]
+fn a_campaign_slowed_by_its_own_rate_holds_no_worker_from_another() {
+    let mut d = Deployment::embedded();
+    // More batches than the send worker has slots, queued first: waiting
+    // for their turns in the worker would hold every slot for 20 s.
+    let mut config = std::fs::read_to_string(&d.config).unwrap();
+    config.push_str("[stage.segment]\nbatch_size = 40\n");
+    std::fs::write(&d.config, config).unwrap();
+    let slow_dir = tempfile::tempdir().unwrap();
+    let slow = spring_sale_copy(
+        slow_dir.path(),
+        600,
+        "outbox",
+        "\n[schedule]\nrate_per_second = 20\n",
+    );
+    let text = std::fs::read_to_string(&slow).unwrap();
+    std::fs::write(
+        &slow,
+        text.replace("id = \"spring-sale\"", "id = \"slow-sale\""),
+    )
+    .unwrap();
+    let quick_dir = tempfile::tempdir().unwrap();
+    let quick = spring_sale_copy(quick_dir.path(), 600, "outbox", "");
+    d.launch(&slow);
+    d.start_worker("segment", "segment");
+    d.start_worker("personalise", "personalise");
+    d.start_worker("send", "send");
+    // The other campaign comes once the paced one is sending: its batches
+    // queue behind the paced one's.
+    d.wait_until("slow-sale", Duration::from_secs(120), |s| {
+        s["sent"].as_u64() > Some(0)
+    });
+    d.launch(&quick);
+
+    d.wait_until("spring-sale", Duration::from_secs(120), complete);
+    let slow_then = d.status("slow-sale")["sent"].as_u64().unwrap();
+    let slow_eligible = eligible_ids(&slow_dir.path().join("audience.csv")).len() as u64;
+    eprintln!(
+        "when the unpaced campaign was done, the paced one had sent {slow_then} of {slow_eligible}"
+    );
+    assert!(
+        slow_then * 2 < slow_eligible,
+        "the unpaced campaign waited for the paced one: {slow_then} of {slow_eligible} paced messages went first"
+    );
+    d.wait_until("slow-sale", Duration::from_secs(120), complete);
+    d.stop_workers();
+
+    let lines = d.outbox();
+    for (campaign, dir) in [("slow-sale", &slow_dir), ("spring-sale", &quick_dir)] {
+        let mine: Vec<serde_json::Value> = lines
+            .iter()
+            .filter(|l| l["campaign"] == campaign)
+            .cloned()
+            .collect();
+        let ids: BTreeSet<String> = exactly_once(&mine).into_iter().map(|(r, _)| r).collect();
+        assert_eq!(
+            ids,
+            eligible_ids(&dir.path().join("audience.csv")),
+            "{campaign}"
+        );
+    }
+    // Parked between turns, the paced campaign still keeps its rate.
+    let at = sent_times(&lines, "slow-sale");
+    let span_s = (at[at.len() - 1] - at[0]) as f64 / 1000.0;
+    let measured = (at.len() - 1) as f64 / span_s;
+    assert!(
+        (measured - 20.0).abs() / 20.0 <= 0.05,
+        "{measured:.1}/s for 20/s"
+    );
+}

@@ -19,6 +19,11 @@ pub struct Envelope<T> {
     /// Field names the records' values line up with (empty for the send stage).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub columns: Vec<String>,
+    /// Send stage: when this batch's turn on the campaign's own rate starts
+    /// (real Unix ms), taken before it was parked to wait for it, so that it
+    /// is not taken twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_at: Option<i64>,
     pub items: Vec<T>,
 }
 
@@ -78,6 +83,7 @@ impl<T: Serialize + DeserializeOwned> Envelope<T> {
             wave: 0,
             batch,
             columns,
+            turn_at: None,
             items,
         }
     }
@@ -126,6 +132,7 @@ impl<T: Serialize + DeserializeOwned> Envelope<T> {
             batch,
             columns,
             mut items,
+            ..
         } = self;
         if items.len() <= 1 {
             out.oversized
@@ -139,6 +146,9 @@ impl<T: Serialize + DeserializeOwned> Envelope<T> {
             wave,
             batch: format!("{batch}.{suffix}"),
             columns: columns.clone(),
+            // A turn was taken for the whole: halves sent at once would
+            // go twice as fast, so each takes a turn of its own.
+            turn_at: None,
             items,
         };
         part("0", items).encode_into(max, out);

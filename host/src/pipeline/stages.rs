@@ -639,6 +639,7 @@ impl SendProcessor {
             .map_err(|e| infra(e, n))?;
         let env = hold_until_due(&self.shared, &self.input_queue, env).await?;
         let (env, cancelled) = hold_paused(&self.shared, &self.input_queue, env, &controls).await?;
+        let env = hold_for_turn(&self.shared, &self.input_queue, env).await?;
         let shared = &self.shared;
         // Checked before claiming, so that a failed look-up leaves nothing
         // to clean up; a suppression landing between the two is caught by
@@ -731,7 +732,8 @@ impl SendProcessor {
             );
         }
         if !mine.is_empty() {
-            self.send_claimed(&env.campaign, &env.batch, mine).await?;
+            self.send_claimed(&env.campaign, &env.batch, env.turn_at, mine)
+                .await?;
         }
         if busy > 0 {
             // Held by a live worker (it will settle them), or by a dead one
@@ -753,27 +755,18 @@ impl SendProcessor {
     }
 }
 
-/// Delivers a batch at the campaign's own pace: the batch takes its turn on
-/// the campaign's rate in the store (shared by every worker), then goes in
-/// small slices, one every 100 ms, so that sending is spread evenly rather
-/// than in bursts of a batch.
+/// Delivers a batch at the campaign's own pace, from its turn on: in small
+/// slices, one every 100 ms, so that sending is spread evenly rather than
+/// in bursts of a batch.
 async fn staggered(
     transport: &dyn Transport,
-    store: Arc<dyn Store>,
-    campaign: &str,
+    turn_at: i64,
     rate: f64,
     dispatches: &[Dispatch],
 ) -> Vec<Outcome> {
-    use crate::delivery::pacing::SharedRate as _;
-    if dispatches.is_empty() {
-        return Vec::new();
-    }
-    let limiter = super::transports::StoreRate(store);
-    limiter
-        .wait_turn(&format!("campaign/{campaign}"), dispatches.len(), rate)
-        .await;
+    let wait = Duration::from_millis((turn_at - now_ms()).max(0) as u64);
+    let started = tokio::time::Instant::now() + wait;
     let slice = ((rate / 10.0).ceil() as usize).max(1);
-    let started = tokio::time::Instant::now();
     let mut outcomes = Vec::with_capacity(dispatches.len());
     for (i, part) in dispatches.chunks(slice).enumerate() {
         let due = started + Duration::from_secs_f64((i * slice) as f64 / rate);
@@ -822,6 +815,7 @@ async fn park_items<T: serde::Serialize + serde::de::DeserializeOwned + Clone, U
     );
     let mut keep = Envelope::new(&env.campaign, env.batch.clone(), env.columns.clone(), held);
     keep.wave = env.wave;
+    keep.turn_at = env.turn_at;
     let parked = keep.encode(shared.queue.max_message_size());
     for (i, payload) in parked.bodies.into_iter().enumerate() {
         shared
@@ -1089,6 +1083,48 @@ async fn hold_until_due(
     Ok(env)
 }
 
+/// A turn further off than this is waited for in the store, not in a
+/// worker: a campaign slowed by its own rate holds no worker from the
+/// others.
+const PARK_TURNS_AFTER_MS: i64 = 1_000;
+
+/// A turn this long past was missed (the batch was paused, or put back
+/// late): the batch takes a new one rather than go at once, which would
+/// burst.
+const STALE_TURN_MS: i64 = 2_000;
+
+/// Takes the batch's turn on the campaign's `rate_per_second` (a rate in
+/// the store, shared by every worker) and, when the turn is more than a
+/// moment away, parks the batch until then. What comes back with its turn
+/// still good goes on without taking another.
+async fn hold_for_turn(
+    shared: &Shared,
+    input_queue: &str,
+    mut env: SendEnvelope,
+) -> Result<SendEnvelope, BatchFailure> {
+    let Some(rate) = shared.stagger else {
+        return Ok(env);
+    };
+    let now = now_ms();
+    if env.items.is_empty() || env.turn_at.is_some_and(|t| t >= now - STALE_TURN_MS) {
+        return Ok(env);
+    }
+    let n = env.items.len() as u64;
+    let turn = shared
+        .store
+        .reserve(&format!("campaign/{}", env.campaign), n as u32, rate)
+        .await
+        .map_err(|e| infra(e, n))?;
+    env.turn_at = Some(turn);
+    if turn - now <= PARK_TURNS_AFTER_MS {
+        return Ok(env);
+    }
+    let held = std::mem::take(&mut env.items);
+    let due = crate::schedule::clock::at_real_ms(turn);
+    park(shared, input_queue, &env, held, due).await?;
+    Ok(env)
+}
+
 /// Parks the messages a pause holds (the rest of the batch goes on) and
 /// names the ones a cancel stops, which are claimed and settled as
 /// cancelled so that no later resume or redelivery sends them.
@@ -1127,6 +1163,7 @@ impl SendProcessor {
         &mut self,
         campaign: &str,
         batch: &str,
+        turn_at: Option<i64>,
         mine: Vec<Outgoing>,
     ) -> Result<(), BatchFailure> {
         let shared = self.shared.clone();
@@ -1204,18 +1241,9 @@ impl SendProcessor {
                 }
             }
         }
-        let outcomes = match shared.stagger {
-            Some(rate) => {
-                staggered(
-                    &*self.transport,
-                    shared.store.clone(),
-                    campaign,
-                    rate,
-                    &dispatches,
-                )
-                .await
-            }
-            None => self.transport.deliver(&dispatches).await,
+        let outcomes = match (shared.stagger, turn_at) {
+            (Some(rate), Some(at)) => staggered(&*self.transport, at, rate, &dispatches).await,
+            _ => self.transport.deliver(&dispatches).await,
         };
         let mut transient = Vec::new();
         let mut unavailable = None;

@@ -50,6 +50,16 @@ pub fn now_ms() -> i64 {
     }
 }
 
+/// Campaign time when `real_ms` (Unix ms, real time, as rate limits
+/// count) comes: what a wait for a rate's turn is parked until.
+pub fn at_real_ms(real_ms: i64) -> i64 {
+    let real_now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let speed = fake().map_or(1.0, |f| f.speed);
+    now_ms() + ((real_ms - real_now) as f64 * speed) as i64
+}
+
 /// An RFC 3339 time (`2027-03-01T09:00:00Z`) as Unix milliseconds.
 pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
     humantime::parse_rfc3339_weak(text.trim())
