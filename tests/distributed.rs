@@ -659,7 +659,7 @@ fn two_workers_share_one_providers_rate() {
     exactly_once(&lines);
     let at = sent_times(&lines, "spring-sale");
     let span_s = (at[at.len() - 1] - at[0]) as f64 / 1000.0;
-    let measured = (at.len() - 1) as f64 / span_s;
+    let measured = rate_of(&at);
     eprintln!("two workers, one provider at {rate}/s: {measured:.1}/s measured");
     assert!(
         (measured - rate).abs() / rate <= 0.05,
@@ -685,39 +685,73 @@ fn sent_times(lines: &[serde_json::Value], campaign: &str) -> Vec<i64> {
     at
 }
 
+/// Messages a second between the first and the last of `at` (sorted).
+fn rate_of(at: &[i64]) -> f64 {
+    (at.len() - 1) as f64 / ((at[at.len() - 1] - at[0]) as f64 / 1000.0)
+}
+
+/// A spring-sale copy under another campaign id.
+fn renamed_copy(dir: &Path, rows: usize, providers: &[&str], extra: &str, id: &str) -> PathBuf {
+    let path = if providers.is_empty() {
+        spring_sale_copy(dir, rows, "outbox", extra)
+    } else {
+        spring_sale_with_providers(dir, rows, providers, extra)
+    };
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("id = \"spring-sale\"", &format!("id = \"{id}\"")),
+    )
+    .unwrap();
+    path
+}
+
+/// Each campaign's eligible recipients got exactly one message.
+fn each_eligible_once(lines: &[serde_json::Value], campaigns: &[(&str, &Path)]) {
+    for (campaign, dir) in campaigns {
+        let mine: Vec<serde_json::Value> = lines
+            .iter()
+            .filter(|l| l["campaign"] == *campaign)
+            .cloned()
+            .collect();
+        let ids: BTreeSet<String> = exactly_once(&mine).into_iter().map(|(r, _)| r).collect();
+        assert_eq!(ids, eligible_ids(&dir.join("audience.csv")), "{campaign}");
+    }
+}
+
+impl Deployment {
+    fn add_config(&self, toml: &str) {
+        let mut config = std::fs::read_to_string(&self.config).unwrap();
+        config.push_str(toml);
+        std::fs::write(&self.config, config).unwrap();
+    }
+
+    /// Launches `first`, starts a worker per stage, and launches `second`
+    /// once `first` is sending: its batches queue behind the first's.
+    fn launch_second_behind_first(&mut self, first: (&str, &Path), second: &Path) {
+        self.launch(first.1);
+        self.start_worker("segment", "segment");
+        self.start_worker("personalise", "personalise");
+        self.start_worker("send", "send");
+        self.wait_until(first.0, Duration::from_secs(120), |s| {
+            s["sent"].as_u64() > Some(0)
+        });
+        self.launch(second);
+    }
+}
+
 #[test]
 fn a_campaign_slowed_by_its_own_rate_holds_no_worker_from_another() {
     let mut d = Deployment::embedded();
     // More batches than the send worker has slots, queued first: waiting
     // for their turns in the worker would hold every slot for 20 s.
-    let mut config = std::fs::read_to_string(&d.config).unwrap();
-    config.push_str("[stage.segment]\nbatch_size = 40\n");
-    std::fs::write(&d.config, config).unwrap();
+    d.add_config("[stage.segment]\nbatch_size = 40\n");
     let slow_dir = tempfile::tempdir().unwrap();
-    let slow = spring_sale_copy(
-        slow_dir.path(),
-        600,
-        "outbox",
-        "\n[schedule]\nrate_per_second = 20\n",
-    );
-    let text = std::fs::read_to_string(&slow).unwrap();
-    std::fs::write(
-        &slow,
-        text.replace("id = \"spring-sale\"", "id = \"slow-sale\""),
-    )
-    .unwrap();
+    let pace = "\n[schedule]\nrate_per_second = 20\n";
+    let slow = renamed_copy(slow_dir.path(), 600, &[], pace, "slow-sale");
     let quick_dir = tempfile::tempdir().unwrap();
     let quick = spring_sale_copy(quick_dir.path(), 600, "outbox", "");
-    d.launch(&slow);
-    d.start_worker("segment", "segment");
-    d.start_worker("personalise", "personalise");
-    d.start_worker("send", "send");
-    // The other campaign comes once the paced one is sending: its batches
-    // queue behind the paced one's.
-    d.wait_until("slow-sale", Duration::from_secs(120), |s| {
-        s["sent"].as_u64() > Some(0)
-    });
-    d.launch(&quick);
+    d.launch_second_behind_first(("slow-sale", &slow), &quick);
 
     d.wait_until("spring-sale", Duration::from_secs(120), complete);
     let slow_then = d.status("slow-sale")["sent"].as_u64().unwrap();
@@ -733,25 +767,74 @@ fn a_campaign_slowed_by_its_own_rate_holds_no_worker_from_another() {
     d.stop_workers();
 
     let lines = d.outbox();
-    for (campaign, dir) in [("slow-sale", &slow_dir), ("spring-sale", &quick_dir)] {
-        let mine: Vec<serde_json::Value> = lines
-            .iter()
-            .filter(|l| l["campaign"] == campaign)
-            .cloned()
-            .collect();
-        let ids: BTreeSet<String> = exactly_once(&mine).into_iter().map(|(r, _)| r).collect();
-        assert_eq!(
-            ids,
-            eligible_ids(&dir.path().join("audience.csv")),
-            "{campaign}"
-        );
-    }
+    each_eligible_once(
+        &lines,
+        &[
+            ("slow-sale", slow_dir.path()),
+            ("spring-sale", quick_dir.path()),
+        ],
+    );
     // Parked between turns, the paced campaign still keeps its rate.
-    let at = sent_times(&lines, "slow-sale");
-    let span_s = (at[at.len() - 1] - at[0]) as f64 / 1000.0;
-    let measured = (at.len() - 1) as f64 / span_s;
+    let measured = rate_of(&sent_times(&lines, "slow-sale"));
     assert!(
         (measured - 20.0).abs() / 20.0 <= 0.05,
         "{measured:.1}/s for 20/s"
+    );
+}
+
+#[test]
+fn campaigns_on_one_busy_provider_take_turns() {
+    let mut d = Deployment::embedded();
+    let rate = 100.0;
+    d.add_config(&format!(
+        "[stage.segment]\nbatch_size = 40\n\n[[provider]]\nname = \"paced\"\nkind = \"outbox\"\nrate_per_second = {rate}\n"
+    ));
+    let big_dir = tempfile::tempdir().unwrap();
+    let big = renamed_copy(big_dir.path(), 3000, &["paced"], "", "big-sale");
+    let small_dir = tempfile::tempdir().unwrap();
+    let small = spring_sale_with_providers(small_dir.path(), 600, &["paced"], "");
+    // The small campaign comes while the big one's backlog fills the
+    // provider's next half minute.
+    d.launch_second_behind_first(("big-sale", &big), &small);
+    d.wait_until("spring-sale", Duration::from_secs(120), complete);
+    let big_then = d.status("big-sale");
+    assert!(
+        !complete(&big_then),
+        "the big campaign was done first: {big_then}"
+    );
+    d.wait_until("big-sale", Duration::from_secs(120), complete);
+    d.stop_workers();
+
+    let lines = d.outbox();
+    let small_at = sent_times(&lines, "spring-sale");
+    let big_at = sent_times(&lines, "big-sale");
+    let (from, to) = (small_at[0], small_at[small_at.len() - 1]);
+    let big_meanwhile = big_at.iter().filter(|t| (from..=to).contains(*t)).count();
+    let share = small_at.len() as f64 / (small_at.len() + big_meanwhile) as f64;
+    eprintln!(
+        "while both sent: {} small, {big_meanwhile} big messages (small's share {share:.2})",
+        small_at.len()
+    );
+    assert!(
+        (0.35..=0.65).contains(&share),
+        "campaigns did not take turns: the small one's share was {share:.2}"
+    );
+    // Together they kept the provider's rate.
+    let mut all: Vec<i64> = lines
+        .iter()
+        .map(|l| l["sent_at"].as_i64().unwrap())
+        .collect();
+    all.sort();
+    let measured = rate_of(&all);
+    assert!(
+        (measured - rate).abs() / rate <= 0.05,
+        "{measured:.1}/s for {rate}/s"
+    );
+    each_eligible_once(
+        &lines,
+        &[
+            ("big-sale", big_dir.path()),
+            ("spring-sale", small_dir.path()),
+        ],
     );
 }

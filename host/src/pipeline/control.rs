@@ -173,6 +173,11 @@ pub async fn apply(
         );
     }
     store.control(campaign, scope, action, reason).await?;
+    if action == Cancel {
+        // Batches waiting in the store for a turn or a window are drained
+        // now, not when they come due.
+        store.wake_parked(campaign).await?;
+    }
     let cancelled = store
         .controls(campaign)
         .await?

@@ -1,6 +1,8 @@
 //! The batch envelope: what one queue message carries between stages.
 //! Versioned, campaign-scoped, and split to fit the queue's size limit.
 
+use std::collections::BTreeMap;
+
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use squall_pipeline_core::Record;
@@ -19,11 +21,11 @@ pub struct Envelope<T> {
     /// Field names the records' values line up with (empty for the send stage).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub columns: Vec<String>,
-    /// Send stage: when this batch's turn on the campaign's own rate starts
-    /// (real Unix ms), taken before it was parked to wait for it, so that it
-    /// is not taken twice.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub turn_at: Option<i64>,
+    /// Send stage: the turns this batch took on shared rates (rate key →
+    /// real Unix ms when the turn starts) before it was parked to wait for
+    /// them, so that none is taken twice.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub turns: BTreeMap<String, i64>,
     pub items: Vec<T>,
 }
 
@@ -83,7 +85,7 @@ impl<T: Serialize + DeserializeOwned> Envelope<T> {
             wave: 0,
             batch,
             columns,
-            turn_at: None,
+            turns: BTreeMap::new(),
             items,
         }
     }
@@ -148,7 +150,7 @@ impl<T: Serialize + DeserializeOwned> Envelope<T> {
             columns: columns.clone(),
             // A turn was taken for the whole: halves sent at once would
             // go twice as fast, so each takes a turn of its own.
-            turn_at: None,
+            turns: BTreeMap::new(),
             items,
         };
         part("0", items).encode_into(max, out);

@@ -166,7 +166,8 @@ async fn execute(
         store.clone(),
         counters.clone(),
         &key,
-    );
+    )
+    .with_provider_turns(transports.shared_turn(campaign));
     shared.frequency = shared.frequency.or(opts.frequency);
     let limits = &campaign.file.limits;
     // A batch must never come back while it is still being worked on.

@@ -331,7 +331,8 @@ impl Router {
         let key = crate::tracking::signing_key(&*store)
             .await
             .map_err(|e| infra(e, 0))?;
-        let mut shared = Shared::new(&p.campaign, queue, store, counters, &key);
+        let mut shared = Shared::new(&p.campaign, queue, store, counters, &key)
+            .with_provider_turns(self.campaigns.transports.shared_turn(&p.campaign));
         shared.frequency = shared.frequency.or(self.campaigns.frequency);
         let stages = p.stages.lock().unwrap();
         let processor = match self.campaigns.stage {

@@ -53,6 +53,21 @@ pub struct Shared {
     pub frequency: Option<crate::campaign::FrequencyCap>,
     /// `[schedule] rate_per_second`: the campaign's own pace.
     pub stagger: Option<f64>,
+    /// Shared rates each send batch takes a turn on, in order, parked in
+    /// the store while a turn is far off (see `hold_for_turns`).
+    pub turns: Vec<SharedTurn>,
+}
+
+/// A rate in the store a send batch takes its turn on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedTurn {
+    pub key: String,
+    pub per_second: f64,
+    /// Turns left unused this long ago may still be taken (see
+    /// `Store::reserve`): a provider's, so that batches back late from the
+    /// store do not leave it idle; never a campaign's pace, which must not
+    /// burst.
+    pub tolerance_ms: i64,
 }
 
 impl Shared {
@@ -100,7 +115,44 @@ impl Shared {
                 .map(|f| f.get_ref().clone()),
             frequency: campaign.file.frequency.max_messages_per_recipient,
             stagger: campaign.file.schedule.rate_per_second.filter(|r| *r > 0.0),
+            turns: campaign
+                .file
+                .schedule
+                .rate_per_second
+                .filter(|r| *r > 0.0)
+                .map(|per_second| SharedTurn {
+                    key: format!("campaign/{}", campaign.id()),
+                    per_second,
+                    tolerance_ms: 0,
+                })
+                .into_iter()
+                .collect(),
         }
+    }
+
+    /// Adds the turns of the campaign's first provider, when its rate is
+    /// shared (`provider`: the provider's own rate key, and its rate):
+    /// first on the campaign's lane of it, at the provider's whole rate, then
+    /// on the provider itself. Lanes make campaigns share a busy provider:
+    /// each campaign's batches come to the provider's turns at most as fast
+    /// as the provider could take them, so campaigns take its turns
+    /// alternately instead of one's backlog going first. A campaign with a
+    /// pace of its own is spread by that pace and takes its provider turns
+    /// as it sends.
+    pub fn with_provider_turns(mut self, provider: Option<(String, f64)>) -> Shared {
+        if let (None, Some((key, per_second))) = (self.stagger, provider) {
+            self.turns.push(SharedTurn {
+                key: format!("lane/{key}/{}", self.campaign),
+                per_second,
+                tolerance_ms: 0,
+            });
+            self.turns.push(SharedTurn {
+                key,
+                per_second,
+                tolerance_ms: WAKE_BEFORE_TURN_MS,
+            });
+        }
+        self
     }
 }
 
@@ -639,7 +691,7 @@ impl SendProcessor {
             .map_err(|e| infra(e, n))?;
         let env = hold_until_due(&self.shared, &self.input_queue, env).await?;
         let (env, cancelled) = hold_paused(&self.shared, &self.input_queue, env, &controls).await?;
-        let env = hold_for_turn(&self.shared, &self.input_queue, env).await?;
+        let env = hold_for_turns(&self.shared, &self.input_queue, env, &cancelled).await?;
         let shared = &self.shared;
         // Checked before claiming, so that a failed look-up leaves nothing
         // to clean up; a suppression landing between the two is caught by
@@ -732,7 +784,7 @@ impl SendProcessor {
             );
         }
         if !mine.is_empty() {
-            self.send_claimed(&env.campaign, &env.batch, env.turn_at, mine)
+            self.send_claimed(&env.campaign, &env.batch, &env.turns, mine)
                 .await?;
         }
         if busy > 0 {
@@ -815,7 +867,7 @@ async fn park_items<T: serde::Serialize + serde::de::DeserializeOwned + Clone, U
     );
     let mut keep = Envelope::new(&env.campaign, env.batch.clone(), env.columns.clone(), held);
     keep.wave = env.wave;
-    keep.turn_at = env.turn_at;
+    keep.turns = env.turns.clone();
     let parked = keep.encode(shared.queue.max_message_size());
     for (i, payload) in parked.bodies.into_iter().enumerate() {
         shared
@@ -1084,43 +1136,103 @@ async fn hold_until_due(
 }
 
 /// A turn further off than this is waited for in the store, not in a
-/// worker: a campaign slowed by its own rate holds no worker from the
-/// others.
-const PARK_TURNS_AFTER_MS: i64 = 1_000;
+/// worker: a campaign slowed by a rate holds no worker from the others,
+/// and a backlog moves out of the queue (first in, first out across
+/// campaigns) into its campaign's lane, so that a campaign launched behind
+/// it is not queued behind it too.
+const PARK_TURNS_AFTER_MS: i64 = 100;
+
+/// The last turn (the provider's, or the campaign's pace) is waited for in
+/// the worker when it is this close: parking again would cost more.
+const PARK_LAST_TURN_AFTER_MS: i64 = 1_000;
+
+/// A parked batch comes back this long before its turn, so that the trip
+/// through the store and the queue (a put-back every 250 ms, a receive)
+/// does not leave the provider idle: it waits the rest in the worker.
+const WAKE_BEFORE_TURN_MS: i64 = 500;
 
 /// A turn this long past was missed (the batch was paused, or put back
 /// late): the batch takes a new one rather than go at once, which would
 /// burst.
-const STALE_TURN_MS: i64 = 2_000;
+const STALE_TURN_MS: i64 = 10_000;
 
-/// Takes the batch's turn on the campaign's `rate_per_second` (a rate in
-/// the store, shared by every worker) and, when the turn is more than a
-/// moment away, parks the batch until then. What comes back with its turn
-/// still good goes on without taking another.
-async fn hold_for_turn(
+/// Takes the batch's turns on the campaign's shared rates, in order, and
+/// parks the batch until a turn that is more than a moment away. A batch
+/// back from the store goes on from the first turn it has not taken; one
+/// whose latest turn was missed (it was paused meanwhile) takes them all
+/// again; one back early (a cancel woke its campaign) is parked again.
+/// Messages a cancel stops take no turn: they are settled at once.
+async fn hold_for_turns(
+    shared: &Shared,
+    input_queue: &str,
+    mut env: SendEnvelope,
+    cancelled: &HashSet<String>,
+) -> Result<SendEnvelope, BatchFailure> {
+    if shared.turns.is_empty() || env.items.is_empty() {
+        return Ok(env);
+    }
+    let (stopped, going): (Vec<Outgoing>, Vec<Outgoing>) = std::mem::take(&mut env.items)
+        .into_iter()
+        .partition(|m| cancelled.contains(&m.message_id));
+    env.items = going;
+    let mut env = hold_for_turns_of_rest(shared, input_queue, env).await?;
+    env.items.extend(stopped);
+    Ok(env)
+}
+
+async fn hold_for_turns_of_rest(
     shared: &Shared,
     input_queue: &str,
     mut env: SendEnvelope,
 ) -> Result<SendEnvelope, BatchFailure> {
-    let Some(rate) = shared.stagger else {
+    if env.items.is_empty() {
         return Ok(env);
-    };
+    }
     let now = now_ms();
-    if env.items.is_empty() || env.turn_at.is_some_and(|t| t >= now - STALE_TURN_MS) {
-        return Ok(env);
+    if env
+        .turns
+        .values()
+        .max()
+        .is_some_and(|latest| *latest < now - STALE_TURN_MS)
+    {
+        env.turns.clear();
     }
     let n = env.items.len() as u64;
-    let turn = shared
-        .store
-        .reserve(&format!("campaign/{}", env.campaign), n as u32, rate)
-        .await
-        .map_err(|e| infra(e, n))?;
-    env.turn_at = Some(turn);
-    if turn - now <= PARK_TURNS_AFTER_MS {
-        return Ok(env);
+    for (i, rate) in shared.turns.iter().enumerate() {
+        if env.turns.contains_key(&rate.key) {
+            continue;
+        }
+        let park_after = if i + 1 == shared.turns.len() {
+            PARK_LAST_TURN_AFTER_MS
+        } else {
+            PARK_TURNS_AFTER_MS
+        };
+        let turn = shared
+            .store
+            .reserve(&rate.key, n as u32, rate.per_second, rate.tolerance_ms)
+            .await
+            .map_err(|e| infra(e, n))?;
+        env.turns.insert(rate.key.clone(), turn);
+        if turn - now > park_after {
+            return park_until_turn(shared, input_queue, env, turn).await;
+        }
     }
+    match env.turns.values().max() {
+        Some(&latest) if latest - now > PARK_LAST_TURN_AFTER_MS => {
+            park_until_turn(shared, input_queue, env, latest).await
+        }
+        _ => Ok(env),
+    }
+}
+
+async fn park_until_turn(
+    shared: &Shared,
+    input_queue: &str,
+    mut env: SendEnvelope,
+    turn: i64,
+) -> Result<SendEnvelope, BatchFailure> {
     let held = std::mem::take(&mut env.items);
-    let due = crate::schedule::clock::at_real_ms(turn);
+    let due = crate::schedule::clock::at_real_ms(turn - WAKE_BEFORE_TURN_MS);
     park(shared, input_queue, &env, held, due).await?;
     Ok(env)
 }
@@ -1163,7 +1275,7 @@ impl SendProcessor {
         &mut self,
         campaign: &str,
         batch: &str,
-        turn_at: Option<i64>,
+        turns: &std::collections::BTreeMap<String, i64>,
         mine: Vec<Outgoing>,
     ) -> Result<(), BatchFailure> {
         let shared = self.shared.clone();
@@ -1241,9 +1353,18 @@ impl SendProcessor {
                 }
             }
         }
-        let outcomes = match (shared.stagger, turn_at) {
+        let go_at = turns.values().max().copied();
+        let outcomes = match (shared.stagger, go_at) {
             (Some(rate), Some(at)) => staggered(&*self.transport, at, rate, &dispatches).await,
-            _ => self.transport.deliver(&dispatches).await,
+            _ => {
+                // The provider turn taken while parked is handed to the
+                // provider's pacing, which would otherwise take another.
+                let taken = shared
+                    .turns
+                    .last()
+                    .and_then(|t| Some((t.key.clone(), *turns.get(&t.key)?)));
+                super::transports::with_taken_turn(taken, self.transport.deliver(&dispatches)).await
+            }
         };
         let mut transient = Vec::new();
         let mut unavailable = None;

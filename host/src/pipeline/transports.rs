@@ -41,15 +41,49 @@ pub struct Transports {
 
 /// Provider rate limits held in the store, so that N workers together keep
 /// a provider's `rate_per_second` instead of N times it. Batches take turns
-/// in the order they ask, whatever their campaign: campaigns share a
-/// provider by arrival, and a campaign waiting on a limit of its own holds
-/// no turn.
+/// in the order they ask; the send stage makes that order fair between
+/// campaigns (each comes through a lane of its own, see
+/// `Shared::with_provider_turns`), and a campaign waiting on a limit of its
+/// own holds no turn.
 pub struct StoreRate(pub Arc<dyn Store>);
+
+tokio::task_local! {
+    /// A provider turn the send stage took before it parked the batch to
+    /// wait for it: (rate key, real Unix ms). The provider's pacing asks
+    /// `StoreRate` for a turn deep inside the transport; this hands it the
+    /// one already taken (once) rather than pass it through every
+    /// transport's interface.
+    static TAKEN_TURN: std::cell::RefCell<Option<(String, i64)>>;
+}
+
+/// Runs `deliver` with `taken` as the turn the provider's first ask gets.
+pub async fn with_taken_turn<F: Future>(taken: Option<(String, i64)>, deliver: F) -> F::Output {
+    TAKEN_TURN
+        .scope(std::cell::RefCell::new(taken), deliver)
+        .await
+}
+
+fn take_turn(key: &str) -> Option<i64> {
+    TAKEN_TURN
+        .try_with(|t| {
+            let mut t = t.borrow_mut();
+            match &*t {
+                Some((k, _)) if k == key => t.take().map(|(_, at)| at),
+                _ => None,
+            }
+        })
+        .ok()
+        .flatten()
+}
 
 #[async_trait::async_trait]
 impl SharedRate for StoreRate {
     async fn wait_turn(&self, key: &str, n: usize, rate_per_second: f64) {
-        match self.0.reserve(key, n as u32, rate_per_second).await {
+        let turn = match take_turn(key) {
+            Some(at) => Ok(at),
+            None => self.0.reserve(key, n as u32, rate_per_second, 0).await,
+        };
+        match turn {
             Ok(start) => {
                 let wait = start - crate::sqlite::now_ms();
                 if wait > 0 {
@@ -78,6 +112,21 @@ impl Transports {
     pub fn sharing_rates(mut self, store: Arc<dyn Store>) -> Transports {
         self.shared_rate = Some(Arc::new(StoreRate(store)));
         self
+    }
+
+    /// The rate key and rate of the campaign's first provider, when its
+    /// rate is shared with the deployment.
+    pub fn shared_turn(&self, c: &Campaign) -> Option<(String, f64)> {
+        self.shared_rate.as_ref()?;
+        let TransportSpec::Providers(names) = &c.transport else {
+            return None;
+        };
+        let first = self
+            .configs
+            .iter()
+            .find(|p| Some(&p.name) == names.first())?;
+        let rate = first.rate_per_second.filter(|r| *r > 0.0)?;
+        Some((provider_rate_key(&first.name), rate))
     }
 
     /// The campaign's transport, opened once per process.
@@ -125,7 +174,7 @@ impl Transports {
         let p = Arc::new(config.open(|| self.outbox())?);
         if let Some(shared) = &self.shared_rate {
             p.pacing
-                .share(shared.clone(), format!("provider/{}", config.name));
+                .share(shared.clone(), provider_rate_key(&config.name));
         }
         self.providers
             .lock()
@@ -159,6 +208,10 @@ impl Transports {
         out.sort_by(|a, b| a.provider.cmp(&b.provider));
         out
     }
+}
+
+fn provider_rate_key(provider: &str) -> String {
+    format!("provider/{provider}")
 }
 
 /// Problems with the providers a campaign names: unknown names, or a

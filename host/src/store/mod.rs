@@ -447,8 +447,17 @@ pub trait Store: Send + Sync {
     /// Reserves `n` sends on a rate shared by every process of this store
     /// (a virtual-time token bucket, GCRA: one row per key, advanced
     /// atomically by `n / rate` seconds). Returns when the reserved sends may
-    /// start, Unix ms: now, or later when others reserved before.
-    async fn reserve(&self, key: &str, n: u32, rate_per_second: f64) -> Result<i64, StoreError>;
+    /// start, Unix ms: now, or later when others reserved before. With a
+    /// `tolerance_ms`, turns left unused in the last `tolerance_ms` may
+    /// still be taken (the start is then in the past): a burst of at most
+    /// that long's worth, so that late arrivals do not lose the rate.
+    async fn reserve(
+        &self,
+        key: &str,
+        n: u32,
+        rate_per_second: f64,
+        tolerance_ms: i64,
+    ) -> Result<i64, StoreError>;
 
     /// A named value the deployment keeps (e.g. a campaign created through
     /// the API, for whichever server launches it).
@@ -514,6 +523,11 @@ pub trait Store: Send + Sync {
     async fn unpark(&self, ids: &[String]) -> Result<(), StoreError>;
 
     async fn parked_count(&self, campaign: &str) -> Result<u64, StoreError>;
+
+    /// Makes every batch of `campaign` held until a time due now (a cancel
+    /// drains them at once; what is not cancelled is parked again by the
+    /// send stage). Batches held until a resume stay so.
+    async fn wake_parked(&self, campaign: &str) -> Result<(), StoreError>;
 }
 
 /// Resolution of the per-provider time series.
@@ -1048,6 +1062,36 @@ pub(crate) mod contract {
         );
         s.unpark(&ids).await.unwrap();
         assert_eq!(s.parked_count("c").await.unwrap(), 0);
+
+        // Woken: what waited for a time is due now; what waits for a resume
+        // still waits for it; other campaigns are untouched.
+        let far = Parked {
+            id: "c/send/b3".into(),
+            due_at: i64::MAX / 2,
+            ..later.clone()
+        };
+        let other = Parked {
+            id: "d/send/b1".into(),
+            campaign: "d".into(),
+            ..far.clone()
+        };
+        s.park(&far).await.unwrap();
+        s.park(&other).await.unwrap();
+        s.park(&p).await.unwrap();
+        s.wake_parked("c").await.unwrap();
+        let due: Vec<String> = s
+            .parked(10, crate::schedule::clock::now_ms())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|h| h.id)
+            .collect();
+        assert_eq!(due, vec![p.id.clone(), far.id.clone()]);
+        assert_eq!(
+            s.parked(10, 0).await.unwrap(),
+            vec![p.head()],
+            "still held until a resume"
+        );
     }
 
     pub(crate) async fn sent_messages_are_found_by_id_and_by_recipient(s: &dyn Store) {
@@ -1139,9 +1183,9 @@ pub(crate) mod contract {
 
     pub(crate) async fn a_shared_rate_is_reserved_in_turn(s: &dyn Store) {
         let before = crate::sqlite::now_ms();
-        let a = s.reserve("provider/x", 50, 100.0).await.unwrap();
-        let b = s.reserve("provider/x", 50, 100.0).await.unwrap();
-        let other = s.reserve("provider/y", 50, 100.0).await.unwrap();
+        let a = s.reserve("provider/x", 50, 100.0, 0).await.unwrap();
+        let b = s.reserve("provider/x", 50, 100.0, 0).await.unwrap();
+        let other = s.reserve("provider/y", 50, 100.0, 0).await.unwrap();
         assert!(a >= before && a <= before + 1_000, "the first goes now");
         assert!(
             b - a >= 499 && b - a <= 501,
@@ -1149,5 +1193,20 @@ pub(crate) mod contract {
             b - a
         );
         assert!(other - before < 1_000, "keys do not share");
+        // Turns unused for the last 2 s: a tolerance of 1 s takes back 1 s.
+        let idle = s.reserve("provider/z", 10, 100.0, 0).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+        let late = s.reserve("provider/z", 10, 100.0, 1_000).await.unwrap();
+        let now = crate::sqlite::now_ms();
+        assert!(
+            late <= now - 900 && late >= now - 1_200,
+            "a late turn starts up to the tolerance back: {} ms before now (first at {idle})",
+            now - late
+        );
+        let next = s.reserve("provider/z", 10, 100.0, 1_000).await.unwrap();
+        assert!(
+            (next - late - 100).abs() <= 1,
+            "and the rate goes on from there"
+        );
     }
 }

@@ -919,9 +919,16 @@ impl Store for PostgresStore {
         Ok(row.get(0))
     }
 
-    async fn reserve(&self, key: &str, n: u32, rate_per_second: f64) -> Result<i64, StoreError> {
+    async fn reserve(
+        &self,
+        key: &str,
+        n: u32,
+        rate_per_second: f64,
+        tolerance_ms: i64,
+    ) -> Result<i64, StoreError> {
         let cost = f64::from(n) * 1000.0 / rate_per_second.max(1e-9);
         let now = now_ms() as f64;
+        let since = now - tolerance_ms.max(0) as f64;
         // One row per key, advanced under its row lock: every worker of the
         // deployment takes its turn.
         let row = self
@@ -929,9 +936,9 @@ impl Store for PostgresStore {
             .await?
             .query_one(
                 "INSERT INTO rate_limits (key, tat_ms) VALUES ($1, $2::float8 + $3::float8)
-                 ON CONFLICT (key) DO UPDATE SET tat_ms = GREATEST(rate_limits.tat_ms, $2::float8) + $3::float8
+                 ON CONFLICT (key) DO UPDATE SET tat_ms = GREATEST(rate_limits.tat_ms, $4::float8) + $3::float8
                  RETURNING tat_ms",
-                &[&key, &now, &cost],
+                &[&key, &now, &cost, &since],
             )
             .await
             .map_err(err)?;
@@ -1271,6 +1278,18 @@ impl Store for PostgresStore {
                 keys: r.get::<_, tokio_postgres::types::Json<Vec<String>>>(2).0,
             })
             .collect())
+    }
+
+    async fn wake_parked(&self, campaign: &str) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE parked SET due_at = 1 WHERE campaign = $1 AND due_at > 1",
+                &[&campaign],
+            )
+            .await
+            .map_err(err)?;
+        Ok(())
     }
 
     async fn take_parked(

@@ -1083,17 +1083,25 @@ impl Store for SqliteStore {
             .map_err(err)
     }
 
-    async fn reserve(&self, key: &str, n: u32, rate_per_second: f64) -> Result<i64, StoreError> {
+    async fn reserve(
+        &self,
+        key: &str,
+        n: u32,
+        rate_per_second: f64,
+        tolerance_ms: i64,
+    ) -> Result<i64, StoreError> {
         let k = key.to_string();
         let cost = f64::from(n) * 1000.0 / rate_per_second.max(1e-9);
         self.db
             .call(move |conn| {
                 let now = now_ms() as f64;
+                let since = now - tolerance_ms.max(0) as f64;
+                // A new key has no unused turns to give back.
                 let tat: f64 = conn.query_row(
                     "INSERT INTO rate_limits (key, tat_ms) VALUES (?1, ?2 + ?3)
-                     ON CONFLICT (key) DO UPDATE SET tat_ms = MAX(rate_limits.tat_ms, ?2) + ?3
+                     ON CONFLICT (key) DO UPDATE SET tat_ms = MAX(rate_limits.tat_ms, ?4) + ?3
                      RETURNING tat_ms",
-                    params![k, now, cost],
+                    params![k, now, cost, since],
                     |r| r.get(0),
                 )?;
                 Ok((tat - cost) as i64)
@@ -1430,6 +1438,20 @@ impl Store for SqliteStore {
                     })
                 })?;
                 rows.collect()
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn wake_parked(&self, campaign: &str) -> Result<(), StoreError> {
+        let c = campaign.to_string();
+        self.db
+            .call(move |conn| {
+                conn.execute(
+                    "UPDATE parked SET due_at = 1 WHERE campaign = ?1 AND due_at > 1",
+                    params![c],
+                )
+                .map(|_| ())
             })
             .await
             .map_err(err)
