@@ -154,6 +154,8 @@ batch_size = {batch_size}
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env("AWS_REGION", "us-east-1")
+            // The signing key of the webhook providers tests define.
+            .env("TEST_WEBHOOK_KEY", "test-key")
             .stdin(Stdio::null());
         cmd
     }
@@ -236,7 +238,12 @@ batch_size = {batch_size}
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 if let Some(status) = w.try_wait().unwrap() {
-                    assert!(status.success(), "worker {log} exited with {status}");
+                    assert!(
+                        status.success(),
+                        "worker {log} exited with {status}: {}",
+                        std::fs::read_to_string(self.dir.path().join(format!("{log}.log")))
+                            .unwrap_or_default()
+                    );
                     break;
                 }
                 assert!(Instant::now() < deadline, "worker {log} ignored SIGTERM");
@@ -837,4 +844,82 @@ fn campaigns_on_one_busy_provider_take_turns() {
             ("spring-sale", small_dir.path()),
         ],
     );
+}
+
+#[test]
+fn two_workers_share_one_providers_concurrency_cap() {
+    let mut d = Deployment::embedded();
+    let server = support::http::Recorder::start_slow(
+        Duration::from_millis(40),
+        |r| {
+            r.json()["message_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        },
+        |_, _| support::http::Answer::ok(),
+    );
+    // Two workers of two slots each would have four requests in flight.
+    d.add_config(&format!(
+        r#"[stage.segment]
+batch_size = 50
+
+[[provider]]
+name = "crm"
+kind = "webhook"
+endpoint = "{}"
+secret_env = "TEST_WEBHOOK_KEY"
+concurrency = 2
+"#,
+        server.url("/hooks")
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("id,email,name\n");
+    for i in 0..300 {
+        csv.push_str(&format!("u{i},user{i}@example.org,Name{i}\n"));
+    }
+    std::fs::write(dir.path().join("audience.csv"), csv).unwrap();
+    let campaign = dir.path().join("campaign.toml");
+    std::fs::write(
+        &campaign,
+        r#"
+[campaign]
+id = "hooks"
+channel = "webhook"
+
+[audience]
+source = "audience.csv"
+
+[[segment]]
+name = "all"
+rule = "true"
+
+[[message]]
+segment = "all"
+subject = "Hello {{ name }}"
+text = "Your code is {{ id }}"
+
+[delivery]
+providers = ["crm"]
+from = "shop"
+"#,
+    )
+    .unwrap();
+    d.launch(&campaign);
+    d.start_worker("segment", "segment");
+    d.start_worker("personalise", "personalise");
+    d.start_worker("send", "send-1");
+    d.start_worker("send", "send-2");
+    let status = d.wait_until("hooks", Duration::from_secs(120), complete);
+    d.stop_workers();
+    assert_eq!(status["sent"], 300, "{status}");
+    let requests = server.requests();
+    let ids: BTreeSet<String> = requests
+        .iter()
+        .map(|r| r.json()["message_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!((requests.len(), ids.len()), (300, 300), "each message once");
+    let widest = server.max_in_flight();
+    eprintln!("two workers, a provider capped at 2: at most {widest} requests in flight");
+    assert!(widest <= 2, "{widest} requests were in flight at once");
 }

@@ -59,6 +59,11 @@ type Policy = dyn Fn(&Recorded, usize) -> Answer + Send + Sync;
 type KeyFn = dyn Fn(&Recorded) -> String + Send + Sync;
 
 struct Shared {
+    /// How long each answer takes, and how many requests were in flight
+    /// at once (now, and at most).
+    delay: std::time::Duration,
+    in_flight: std::sync::atomic::AtomicUsize,
+    max_in_flight: std::sync::atomic::AtomicUsize,
     log: Mutex<Vec<Recorded>>,
     seen: Mutex<HashMap<String, usize>>,
     key: Box<KeyFn>,
@@ -79,7 +84,20 @@ impl Recorder {
         key: impl Fn(&Recorded) -> String + Send + Sync + 'static,
         policy: impl Fn(&Recorded, usize) -> Answer + Send + Sync + 'static,
     ) -> Recorder {
+        Recorder::start_slow(std::time::Duration::ZERO, key, policy)
+    }
+
+    /// `start`, each answer taking `delay`: requests overlap, and
+    /// `max_in_flight` says how many did at most.
+    pub fn start_slow(
+        delay: std::time::Duration,
+        key: impl Fn(&Recorded) -> String + Send + Sync + 'static,
+        policy: impl Fn(&Recorded, usize) -> Answer + Send + Sync + 'static,
+    ) -> Recorder {
         let shared = Arc::new(Shared {
+            delay,
+            in_flight: Default::default(),
+            max_in_flight: Default::default(),
             log: Mutex::new(Vec::new()),
             seen: Mutex::new(HashMap::new()),
             key: Box::new(key),
@@ -112,6 +130,13 @@ impl Recorder {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    #[allow(dead_code)] // not every test binary asks
+    pub fn max_in_flight(&self) -> usize {
+        self.shared
+            .max_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.shared.log.lock().unwrap().clone()
     }
@@ -142,6 +167,11 @@ async fn record(
         *n += 1;
         *n - 1
     };
+    use std::sync::atomic::Ordering::SeqCst;
+    let now = s.in_flight.fetch_add(1, SeqCst) + 1;
+    s.max_in_flight.fetch_max(now, SeqCst);
+    tokio::time::sleep(s.delay).await;
+    s.in_flight.fetch_sub(1, SeqCst);
     let answer = (s.policy)(&r, before);
     r.status = answer.status;
     s.log.lock().unwrap().push(r);

@@ -25,11 +25,30 @@ pub trait SharedRate: Send + Sync {
     async fn wait_turn(&self, key: &str, n: usize, rate_per_second: f64);
 }
 
+/// A provider's concurrency cap shared with the other processes of a
+/// deployment (the pipeline keeps it in the store).
+#[async_trait::async_trait]
+pub trait SharedSlots: Send + Sync {
+    /// Waits until at least one of the `limit` slots of `key` is free and
+    /// takes up to `want`; they are held (the lease kept alive) until the
+    /// returned hold is given back.
+    async fn hold(&self, key: &str, limit: usize, want: usize) -> Box<dyn SlotHold>;
+}
+
+#[async_trait::async_trait]
+pub trait SlotHold: Send {
+    /// Slots held: how many attempts may be in flight.
+    fn width(&self) -> usize;
+    async fn give_back(self: Box<Self>);
+}
+
 pub struct Pacing {
     limiter: Option<DefaultDirectRateLimiter>,
     rate: Option<f64>,
     /// Set when the deployment shares this provider's rate across processes.
     shared: std::sync::OnceLock<(Arc<dyn SharedRate>, String)>,
+    /// Set when the deployment shares this provider's concurrency cap.
+    slots: std::sync::OnceLock<(Arc<dyn SharedSlots>, String)>,
     permits: Semaphore,
     pub concurrency: usize,
     pub metrics: Arc<ProviderMetrics>,
@@ -57,6 +76,7 @@ impl Pacing {
             limiter,
             rate: rate_per_second.filter(|r| *r > 0.0),
             shared: std::sync::OnceLock::new(),
+            slots: std::sync::OnceLock::new(),
             permits: Semaphore::new(concurrency),
             concurrency,
             metrics,
@@ -80,6 +100,12 @@ impl Pacing {
     /// here. Without a rate there is nothing to share.
     pub fn share(&self, shared: Arc<dyn SharedRate>, key: String) {
         let _ = self.shared.set((shared, key));
+    }
+
+    /// Shares the concurrency cap with the deployment's other processes
+    /// under `key`: a batch sends only as wide as the slots it holds there.
+    pub fn share_slots(&self, slots: Arc<dyn SharedSlots>, key: String) {
+        let _ = self.slots.set((slots, key));
     }
 
     async fn turn(&self, n: usize) {
@@ -110,10 +136,24 @@ impl Pacing {
         F: Future<Output = Outcome>,
     {
         let paced: Vec<_> = attempts.map(|a| self.attempt(a)).collect();
+        if paced.is_empty() {
+            return Vec::new();
+        }
         self.turn(paced.len()).await;
-        futures::stream::iter(paced)
-            .buffered(self.concurrency)
+        let Some((slots, key)) = self.slots.get() else {
+            return futures::stream::iter(paced)
+                .buffered(self.concurrency)
+                .collect()
+                .await;
+        };
+        let hold = slots
+            .hold(key, self.concurrency, paced.len().min(self.concurrency))
+            .await;
+        let outcomes = futures::stream::iter(paced)
+            .buffered(hold.width().max(1))
             .collect()
-            .await
+            .await;
+        hold.give_back().await;
+        outcomes
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use squall_pipeline_core::message::Channel;
@@ -15,7 +16,7 @@ use crate::delivery::chain::ProviderChain;
 use crate::delivery::metrics::ProviderStats;
 use crate::delivery::null::NullTransport;
 use crate::delivery::outbox::OutboxTransport;
-use crate::delivery::pacing::SharedRate;
+use crate::delivery::pacing::{SharedRate, SharedSlots, SlotHold};
 use crate::delivery::provider::{Provider, ProviderConfig, ProviderKind};
 use crate::runtime::ComponentSource;
 use crate::store::Store;
@@ -37,6 +38,7 @@ pub struct Transports {
     made: Mutex<HashMap<TransportSpec, Arc<dyn Transport>>>,
     /// Provider rates shared with every process of the store.
     shared_rate: Option<Arc<dyn SharedRate>>,
+    shared_slots: Option<Arc<dyn SharedSlots>>,
 }
 
 /// Provider rate limits held in the store, so that N workers together keep
@@ -96,6 +98,116 @@ impl SharedRate for StoreRate {
     }
 }
 
+/// Provider concurrency caps held in the store: slots leased to this
+/// process for `SLOT_LEASE`, kept alive while a batch sends through them
+/// and given back after, so N workers together keep a provider's
+/// `concurrency` instead of N times it. A dead worker's slots free
+/// themselves when their lease runs out.
+pub struct StoreSlots {
+    store: Arc<dyn Store>,
+    holder: String,
+}
+
+const SLOT_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How often a waiting batch looks for a free slot.
+const SLOT_POLL: std::time::Duration = std::time::Duration::from_millis(25);
+
+impl StoreSlots {
+    pub fn new(store: Arc<dyn Store>) -> StoreSlots {
+        let holder = format!(
+            "{}-{:x}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
+        StoreSlots { store, holder }
+    }
+}
+
+struct StoreHold {
+    store: Arc<dyn Store>,
+    key: String,
+    holder: String,
+    slots: Vec<u32>,
+    keeper: Option<tokio::task::JoinHandle<()>>,
+}
+
+#[async_trait::async_trait]
+impl SlotHold for StoreHold {
+    fn width(&self) -> usize {
+        self.slots.len()
+    }
+
+    async fn give_back(mut self: Box<Self>) {
+        if let Some(k) = self.keeper.take() {
+            k.abort();
+        }
+        if self.slots.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .store
+            .keep_slots(&self.key, &self.slots, &self.holder, Duration::ZERO)
+            .await
+        {
+            tracing::warn!(
+                "could not give back concurrency slots of `{}` (free again when their lease runs out): {e}",
+                self.key
+            );
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SharedSlots for StoreSlots {
+    async fn hold(&self, key: &str, limit: usize, want: usize) -> Box<dyn SlotHold> {
+        let mut said = false;
+        let slots = loop {
+            match self
+                .store
+                .take_slots(key, limit as u32, want as u32, &self.holder, SLOT_LEASE)
+                .await
+            {
+                Ok(slots) if !slots.is_empty() => break slots,
+                Ok(_) => {}
+                // The process's own cap still holds per process.
+                Err(e) => {
+                    tracing::warn!("shared concurrency `{key}` unavailable, capping locally: {e}");
+                    break Vec::new();
+                }
+            }
+            if !said {
+                tracing::debug!("every concurrency slot of `{key}` is taken: waiting for one");
+                said = true;
+            }
+            tokio::time::sleep(SLOT_POLL).await;
+        };
+        let keeper = (!slots.is_empty()).then(|| {
+            let (store, key, holder, slots) = (
+                self.store.clone(),
+                key.to_string(),
+                self.holder.clone(),
+                slots.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(SLOT_LEASE / 3).await;
+                    let _ = store.keep_slots(&key, &slots, &holder, SLOT_LEASE).await;
+                }
+            })
+        });
+        Box::new(StoreHold {
+            store: self.store.clone(),
+            key: key.to_string(),
+            holder: self.holder.clone(),
+            slots,
+            keeper,
+        })
+    }
+}
+
 impl Transports {
     pub fn new(configs: Vec<ProviderConfig>, outbox_place: OutboxPlace) -> Transports {
         Transports {
@@ -105,11 +217,13 @@ impl Transports {
             providers: Mutex::new(HashMap::new()),
             made: Mutex::new(HashMap::new()),
             shared_rate: None,
+            shared_slots: None,
         }
     }
 
-    /// Shares every provider's rate through the store.
+    /// Shares every provider's rate and concurrency cap through the store.
     pub fn sharing_rates(mut self, store: Arc<dyn Store>) -> Transports {
+        self.shared_slots = Some(Arc::new(StoreSlots::new(store.clone())));
         self.shared_rate = Some(Arc::new(StoreRate(store)));
         self
     }
@@ -175,6 +289,10 @@ impl Transports {
         if let Some(shared) = &self.shared_rate {
             p.pacing
                 .share(shared.clone(), provider_rate_key(&config.name));
+        }
+        if let Some(slots) = &self.shared_slots {
+            p.pacing
+                .share_slots(slots.clone(), format!("slots/provider/{}", config.name));
         }
         self.providers
             .lock()

@@ -459,6 +459,29 @@ pub trait Store: Send + Sync {
         tolerance_ms: i64,
     ) -> Result<i64, StoreError>;
 
+    /// Takes up to `want` free slots of the `limit` of `key` (a provider's
+    /// concurrency cap, shared by every process of this store) for
+    /// `holder`, leased for `lease`; returns the slots taken, maybe none. A
+    /// slot whose lease ran out (its holder died) is free again.
+    async fn take_slots(
+        &self,
+        key: &str,
+        limit: u32,
+        want: u32,
+        holder: &str,
+        lease: std::time::Duration,
+    ) -> Result<Vec<u32>, StoreError>;
+
+    /// Extends the lease of `holder`'s slots to `lease` from now; a zero
+    /// lease gives them back.
+    async fn keep_slots(
+        &self,
+        key: &str,
+        slots: &[u32],
+        holder: &str,
+        lease: std::time::Duration,
+    ) -> Result<(), StoreError>;
+
     /// A named value the deployment keeps (e.g. a campaign created through
     /// the API, for whichever server launches it).
     async fn setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
@@ -599,7 +622,8 @@ macro_rules! contract_tests {
             a_parked_batch_is_taken_by_one_worker,
             sent_messages_are_found_by_id_and_by_recipient,
             stage_figures_of_every_worker_add_up,
-            a_shared_rate_is_reserved_in_turn);
+            a_shared_rate_is_reserved_in_turn,
+            concurrency_slots_are_shared_and_leased);
     };
     (@each $setup:path; $($case:ident),*) => {$(
         #[tokio::test]
@@ -1179,6 +1203,43 @@ pub(crate) mod contract {
             ("send", 9, 1)
         );
         assert_eq!(all[1].latency_ms, vec![9, 0, 2]);
+    }
+
+    pub(crate) async fn concurrency_slots_are_shared_and_leased(s: &dyn Store) {
+        let lease = std::time::Duration::from_secs(60);
+        let mut a = s.take_slots("p", 3, 2, "a", lease).await.unwrap();
+        a.sort();
+        assert_eq!(a, vec![0, 1]);
+        assert_eq!(s.take_slots("p", 3, 2, "b", lease).await.unwrap(), vec![2]);
+        assert!(
+            s.take_slots("p", 3, 1, "c", lease)
+                .await
+                .unwrap()
+                .is_empty(),
+            "all taken"
+        );
+        assert_eq!(
+            s.take_slots("q", 3, 1, "c", lease).await.unwrap(),
+            vec![0],
+            "keys do not share"
+        );
+        // Given back: free for another; a holder cannot give back another's.
+        s.keep_slots("p", &[0, 2], "a", std::time::Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(s.take_slots("p", 3, 3, "c", lease).await.unwrap(), vec![0]);
+        // A lease that runs out frees the slot, unless it is kept.
+        let short = std::time::Duration::from_millis(200);
+        assert_eq!(
+            s.take_slots("r", 2, 2, "dead", short).await.unwrap().len(),
+            2
+        );
+        s.keep_slots("r", &[1], "dead", lease).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(
+            s.take_slots("r", 2, 2, "alive", lease).await.unwrap(),
+            vec![0]
+        );
     }
 
     pub(crate) async fn a_shared_rate_is_reserved_in_turn(s: &dyn Store) {

@@ -919,6 +919,64 @@ impl Store for PostgresStore {
         Ok(row.get(0))
     }
 
+    async fn take_slots(
+        &self,
+        key: &str,
+        limit: u32,
+        want: u32,
+        holder: &str,
+        lease: std::time::Duration,
+    ) -> Result<Vec<u32>, StoreError> {
+        let now = now_ms();
+        let until = now + lease.as_millis() as i64;
+        // Free slots are picked first, then taken one by one: of two
+        // workers after the same slot, the row's lock lets one win.
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "WITH free AS (
+                     SELECT s FROM generate_series(0, $2::int - 1) AS s
+                     WHERE NOT EXISTS (SELECT 1 FROM provider_slots p
+                                       WHERE p.key = $1 AND p.slot = s AND p.until_ms >= $5)
+                     ORDER BY s LIMIT $6)
+                 INSERT INTO provider_slots (key, slot, holder, until_ms)
+                 SELECT $1, s, $3, $4 FROM free
+                 ON CONFLICT (key, slot) DO UPDATE SET holder = EXCLUDED.holder, until_ms = EXCLUDED.until_ms
+                 WHERE provider_slots.until_ms < $5
+                 RETURNING slot",
+                &[&key, &(limit as i32), &holder, &until, &now, &i64::from(want)],
+            )
+            .await
+            .map_err(err)?;
+        Ok(rows.iter().map(|r| r.get::<_, i32>(0) as u32).collect())
+    }
+
+    async fn keep_slots(
+        &self,
+        key: &str,
+        slots: &[u32],
+        holder: &str,
+        lease: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        let until = if lease.is_zero() {
+            0
+        } else {
+            now_ms() + lease.as_millis() as i64
+        };
+        let slots: Vec<i32> = slots.iter().map(|s| *s as i32).collect();
+        self.client()
+            .await?
+            .execute(
+                "UPDATE provider_slots SET until_ms = $4
+                 WHERE key = $1 AND holder = $2 AND slot = ANY($3)",
+                &[&key, &holder, &slots, &until],
+            )
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
     async fn reserve(
         &self,
         key: &str,

@@ -77,6 +77,13 @@ CREATE TABLE IF NOT EXISTS rate_limits (
     key TEXT PRIMARY KEY,
     tat_ms REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS provider_slots (
+    key TEXT NOT NULL,
+    slot INTEGER NOT NULL,
+    holder TEXT NOT NULL,
+    until_ms INTEGER NOT NULL,
+    PRIMARY KEY (key, slot)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS settings (
     name TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -1078,6 +1085,70 @@ impl Store for SqliteStore {
                     [],
                     |r| r.get(0),
                 )
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn take_slots(
+        &self,
+        key: &str,
+        limit: u32,
+        want: u32,
+        holder: &str,
+        lease: std::time::Duration,
+    ) -> Result<Vec<u32>, StoreError> {
+        let (k, h) = (key.to_string(), holder.to_string());
+        self.db
+            .call(move |conn| {
+                let now = now_ms();
+                let until = now + lease.as_millis() as i64;
+                let tx = conn.transaction()?;
+                let mut taken = Vec::new();
+                for slot in 0..limit {
+                    if taken.len() as u32 == want {
+                        break;
+                    }
+                    let n = tx
+                        .prepare_cached(
+                            "INSERT INTO provider_slots (key, slot, holder, until_ms) VALUES (?1, ?2, ?3, ?4)
+                             ON CONFLICT (key, slot) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
+                             WHERE provider_slots.until_ms < ?5",
+                        )?
+                        .execute(params![k, slot, h, until, now])?;
+                    if n == 1 {
+                        taken.push(slot);
+                    }
+                }
+                tx.commit()?;
+                Ok(taken)
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn keep_slots(
+        &self,
+        key: &str,
+        slots: &[u32],
+        holder: &str,
+        lease: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        let (k, h) = (key.to_string(), holder.to_string());
+        let list = serde_json::to_string(slots).unwrap_or_default();
+        let until = if lease.is_zero() {
+            0
+        } else {
+            now_ms() + lease.as_millis() as i64
+        };
+        self.db
+            .call(move |conn| {
+                conn.execute(
+                    "UPDATE provider_slots SET until_ms = ?4
+                     WHERE key = ?1 AND holder = ?2 AND slot IN (SELECT value FROM json_each(?3))",
+                    params![k, h, list, until],
+                )
+                .map(|_| ())
             })
             .await
             .map_err(err)
