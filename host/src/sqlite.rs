@@ -47,8 +47,41 @@ impl Db {
     }
 }
 
+/// Whether `e` is SQLite giving up on a lock another process held past the
+/// busy timeout: an outage to wait out (the caller retries with backoff),
+/// not a failure of what was asked.
+pub(crate) fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_lock_held_past_the_timeout_is_busy_and_other_errors_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let holder = rusqlite::Connection::open(&path).unwrap();
+        holder
+            .execute_batch("CREATE TABLE t (x); BEGIN IMMEDIATE; INSERT INTO t VALUES (1);")
+            .unwrap();
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other
+            .busy_timeout(std::time::Duration::from_millis(10))
+            .unwrap();
+        let locked = other.execute("INSERT INTO t VALUES (2)", []).unwrap_err();
+        assert!(super::is_busy(&locked), "{locked}");
+        let wrong = other
+            .execute("INSERT INTO nowhere VALUES (2)", [])
+            .unwrap_err();
+        assert!(!super::is_busy(&wrong), "{wrong}");
+    }
 }

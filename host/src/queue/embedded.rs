@@ -64,7 +64,13 @@ impl EmbeddedQueue {
 }
 
 fn err(e: rusqlite::Error) -> QueueError {
-    QueueError::Other(e.to_string())
+    if crate::sqlite::is_busy(&e) {
+        QueueError::Unavailable(format!(
+            "the queue database is locked by another process: {e}"
+        ))
+    } else {
+        QueueError::Other(e.to_string())
+    }
 }
 
 fn parse_receipt(r: &Receipt) -> Option<(i64, i64)> {

@@ -244,7 +244,13 @@ fn open_ledger(path: &Path) -> Result<Db, StoreError> {
 }
 
 fn err(e: rusqlite::Error) -> StoreError {
-    StoreError::Other(e.to_string())
+    if crate::sqlite::is_busy(&e) {
+        StoreError::Unavailable(format!(
+            "the store database is locked by another process: {e}"
+        ))
+    } else {
+        StoreError::Other(e.to_string())
+    }
 }
 
 fn sent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SentMessage> {
