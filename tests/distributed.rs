@@ -20,6 +20,28 @@ struct Deployment {
     /// The SQS server, when the deployment uses SQS.
     moto: Option<Child>,
     workers: Vec<(String, Child)>,
+    /// Held until the workers are gone (fields drop after `drop`).
+    _machine: MachineTurn,
+}
+
+/// The deployments of the tests that measure a rate run alone, so that a
+/// figure is the limiter's and not a crowded machine's (each deployment
+/// here is a moto and three or four workers on two cores); the others run
+/// side by side.
+static MACHINE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+enum MachineTurn {
+    Shared(#[allow(dead_code)] std::sync::RwLockReadGuard<'static, ()>),
+    Alone(#[allow(dead_code)] std::sync::RwLockWriteGuard<'static, ()>),
+}
+
+fn machine_turn(alone: bool) -> MachineTurn {
+    // A failed test poisons the lock; the machine is no less free for it.
+    if alone {
+        MachineTurn::Alone(MACHINE.write().unwrap_or_else(|e| e.into_inner()))
+    } else {
+        MachineTurn::Shared(MACHINE.read().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 impl Drop for Deployment {
@@ -89,7 +111,17 @@ impl Deployment {
     /// Smaller batches make a campaign take longer (more queue messages):
     /// room for a kill or an outage in the middle of it.
     fn with_batch_size(batch_size: usize) -> Option<Deployment> {
+        Deployment::sqs(batch_size, false)
+    }
+
+    /// `with_batch_size`, alone on the machine: for measuring a rate.
+    fn measuring(batch_size: usize) -> Option<Deployment> {
+        Deployment::sqs(batch_size, true)
+    }
+
+    fn sqs(batch_size: usize, alone: bool) -> Option<Deployment> {
         let db = postgres_database()?;
+        let machine = machine_turn(alone);
         let port = free_port();
         let moto = start_moto(port);
         let dir = tempfile::tempdir().unwrap();
@@ -122,6 +154,7 @@ batch_size = {batch_size}
             config,
             moto: Some(moto),
             workers: Vec::new(),
+            _machine: machine,
         };
         let out = d.squall(&["queues", "create"]).output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
@@ -131,6 +164,15 @@ batch_size = {batch_size}
     /// One machine, several worker processes: the embedded queue and the
     /// SQLite store, the defaults of a `squall.toml` that says nothing.
     fn embedded() -> Deployment {
+        Deployment::embedded_with(machine_turn(false))
+    }
+
+    /// `embedded`, alone on the machine: for measuring a rate.
+    fn embedded_measuring() -> Deployment {
+        Deployment::embedded_with(machine_turn(true))
+    }
+
+    fn embedded_with(machine: MachineTurn) -> Deployment {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("squall.toml");
         std::fs::write(&config, "data_dir = \"data\"\n[queue]\nwait_s = 1\n").unwrap();
@@ -139,6 +181,7 @@ batch_size = {batch_size}
             config,
             moto: None,
             workers: Vec::new(),
+            _machine: machine,
         }
     }
 
@@ -637,7 +680,7 @@ fn pause_and_resume_reach_every_worker_and_lose_nothing() {
 
 #[test]
 fn two_workers_share_one_providers_rate() {
-    let Some(mut d) = Deployment::with_batch_size(40) else {
+    let Some(mut d) = Deployment::measuring(40) else {
         return;
     };
     let rate = 150.0;
@@ -749,7 +792,7 @@ impl Deployment {
 
 #[test]
 fn a_campaign_slowed_by_its_own_rate_holds_no_worker_from_another() {
-    let mut d = Deployment::embedded();
+    let mut d = Deployment::embedded_measuring();
     // More batches than the send worker has slots, queued first: waiting
     // for their turns in the worker would hold every slot for 20 s.
     d.add_config("[stage.segment]\nbatch_size = 40\n");
@@ -791,7 +834,7 @@ fn a_campaign_slowed_by_its_own_rate_holds_no_worker_from_another() {
 
 #[test]
 fn campaigns_on_one_busy_provider_take_turns() {
-    let mut d = Deployment::embedded();
+    let mut d = Deployment::embedded_measuring();
     let rate = 100.0;
     d.add_config(&format!(
         "[stage.segment]\nbatch_size = 40\n\n[[provider]]\nname = \"paced\"\nkind = \"outbox\"\nrate_per_second = {rate}\n"
