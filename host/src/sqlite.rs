@@ -21,6 +21,11 @@ impl Db {
         // an OS crash or power loss may lose the last few.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "cache_size", -32_000)?;
+        // Checkpoint every ~40 MB of WAL instead of ~4 MB: queue rows are
+        // written and deleted within seconds, so fewer checkpoints copy
+        // fewer pages that are already dead. Durability is the WAL's either
+        // way.
+        conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
         conn.execute_batch(schema)?;
         Ok(Db {
             conn: Arc::new(Mutex::new(conn)),
