@@ -442,7 +442,10 @@ pub trait Store: Send + Sync {
 
     /// The key that signs tracking links: made at random on first use and
     /// the same for every process that shares this store.
-    async fn tracking_key(&self) -> Result<Vec<u8>, StoreError>;
+    async fn tracking_key(&self) -> Result<Vec<u8>, StoreError> {
+        let fresh: [u8; 32] = rand::random();
+        self.setting_or_init("tracking_key", &fresh).await
+    }
 
     /// Reserves `n` sends on a rate shared by every process of this store
     /// (a virtual-time token bucket, GCRA: one row per key, advanced

@@ -899,26 +899,6 @@ impl Store for PostgresStore {
         Ok(row.as_ref().map(sent_row))
     }
 
-    async fn tracking_key(&self) -> Result<Vec<u8>, StoreError> {
-        let fresh: [u8; 32] = rand::random();
-        let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO settings (name, value) VALUES ('tracking_key', $1) ON CONFLICT DO NOTHING",
-                &[&fresh.as_slice()],
-            )
-            .await
-            .map_err(err)?;
-        let row = client
-            .query_one(
-                "SELECT value FROM settings WHERE name = 'tracking_key'",
-                &[],
-            )
-            .await
-            .map_err(err)?;
-        Ok(row.get(0))
-    }
-
     async fn take_slots(
         &self,
         key: &str,

@@ -1078,24 +1078,6 @@ impl Store for SqliteStore {
             .map_err(err)
     }
 
-    async fn tracking_key(&self) -> Result<Vec<u8>, StoreError> {
-        let fresh: [u8; 32] = rand::random();
-        self.db
-            .call(move |conn| {
-                conn.execute(
-                    "INSERT INTO settings (name, value) VALUES ('tracking_key', ?1) ON CONFLICT DO NOTHING",
-                    params![fresh.to_vec()],
-                )?;
-                conn.query_row(
-                    "SELECT value FROM settings WHERE name = 'tracking_key'",
-                    [],
-                    |r| r.get(0),
-                )
-            })
-            .await
-            .map_err(err)
-    }
-
     async fn take_slots(
         &self,
         key: &str,
