@@ -917,37 +917,8 @@ concurrency = 2
         server.url("/hooks")
     ));
     let dir = tempfile::tempdir().unwrap();
-    let mut csv = String::from("id,email,name\n");
-    for i in 0..300 {
-        csv.push_str(&format!("u{i},user{i}@example.org,Name{i}\n"));
-    }
-    std::fs::write(dir.path().join("audience.csv"), csv).unwrap();
-    let campaign = dir.path().join("campaign.toml");
-    std::fs::write(
-        &campaign,
-        r#"
-[campaign]
-id = "hooks"
-channel = "webhook"
-
-[audience]
-source = "audience.csv"
-
-[[segment]]
-name = "all"
-rule = "true"
-
-[[message]]
-segment = "all"
-subject = "Hello {{ name }}"
-text = "Your code is {{ id }}"
-
-[delivery]
-providers = ["crm"]
-from = "shop"
-"#,
-    )
-    .unwrap();
+    small_audience(dir.path(), 300);
+    let campaign = webhook_campaign(dir.path(), "crm");
     d.launch(&campaign);
     d.start_worker("segment", "segment");
     d.start_worker("personalise", "personalise");

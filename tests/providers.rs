@@ -217,18 +217,6 @@ fn webhook_key(r: &Recorded) -> String {
         .unwrap_or_default()
 }
 
-fn small_audience(dir: &Path, n: usize) -> Vec<(String, String)> {
-    let mut csv = String::from("id,email,name\n");
-    let mut people = Vec::new();
-    for i in 0..n {
-        let (id, email) = (format!("u{i}"), format!("user{i}@example.org"));
-        csv.push_str(&format!("{id},{email},Name{i}\n"));
-        people.push((id, email));
-    }
-    write(&dir.join("audience.csv"), &csv);
-    people
-}
-
 /// `squall run` with the webhook signing key in its environment.
 fn run_signed(campaign: &Path, dir: &Path, config: &Path) -> serde_json::Value {
     let (out, report) = run_json_with(
@@ -278,30 +266,7 @@ fn webhooks_are_signed_and_a_500_is_retried_until_delivered_once() {
         }
     });
     let people = small_audience(dir.path(), 40);
-    let campaign = write(
-        &dir.path().join("campaign.toml"),
-        r#"
-[campaign]
-id = "hooks"
-channel = "webhook"
-
-[audience]
-source = "audience.csv"
-
-[[segment]]
-name = "all"
-rule = "true"
-
-[[message]]
-segment = "all"
-subject = "Hello {{ name }}"
-text = "Your code is {{ id | upcase }}"
-
-[delivery]
-providers = ["crm"]
-from = "shop"
-"#,
-    );
+    let campaign = webhook_campaign(dir.path(), "crm");
     let config = webhook_provider(dir.path(), "crm", &server.url("/hooks/squall"));
     let report = run_signed(&campaign, dir.path(), &config);
     assert_eq!(report["sent"], 40, "{report}");

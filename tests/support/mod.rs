@@ -244,3 +244,51 @@ pub fn spring_sale_with_providers(
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// `n` recipients `u0..` with addresses `user0@example.org..` and names
+/// `Name0..`, in `dir/audience.csv`; returns (id, address) of each.
+pub fn small_audience(dir: &Path, n: usize) -> Vec<(String, String)> {
+    let mut csv = String::from("id,email,name\n");
+    let mut people = Vec::new();
+    for i in 0..n {
+        let (id, email) = (format!("u{i}"), format!("user{i}@example.org"));
+        csv.push_str(&format!("{id},{email},Name{i}\n"));
+        people.push((id, email));
+    }
+    std::fs::write(dir.join("audience.csv"), csv).unwrap();
+    people
+}
+
+/// Campaign `hooks`: a webhook to everyone of `dir/audience.csv` through
+/// `provider`, subject `Hello {{ name }}`, text `Your code is {{ id | upcase }}`.
+pub fn webhook_campaign(dir: &Path, provider: &str) -> PathBuf {
+    let path = dir.join("campaign.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[campaign]
+id = "hooks"
+channel = "webhook"
+
+[audience]
+source = "audience.csv"
+
+[[segment]]
+name = "all"
+rule = "true"
+
+[[message]]
+segment = "all"
+subject = "Hello {{{{ name }}}}"
+text = "Your code is {{{{ id | upcase }}}}"
+
+[delivery]
+providers = ["{provider}"]
+from = "shop"
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
