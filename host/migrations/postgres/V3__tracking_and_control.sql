@@ -1,10 +1,10 @@
 -- See it live and steer it: tracking events and conversions, the tracking
 -- link key, pause/resume/cancel controls with the batches a pause holds,
--- and ledger states for messages a cancel or the frequency cap stopped.
+-- and a ledger state for messages a cancel stopped.
 
 ALTER TABLE ledger DROP CONSTRAINT IF EXISTS ledger_state_check;
 ALTER TABLE ledger ADD CONSTRAINT ledger_state_check
-    CHECK (state IN ('claimed', 'delivered', 'failed', 'in_doubt', 'suppressed', 'cancelled', 'capped'));
+    CHECK (state IN ('claimed', 'delivered', 'failed', 'in_doubt', 'suppressed', 'cancelled'));
 -- Bounces name a Message-ID; conversions look up a recipient's last message.
 CREATE INDEX ledger_by_message ON ledger (message_id);
 CREATE INDEX ledger_by_recipient ON ledger (recipient_id, updated_at) WHERE state = 'delivered';
@@ -75,21 +75,4 @@ CREATE TABLE stage_stats (
     stats JSONB NOT NULL,
     updated_at BIGINT NOT NULL,
     PRIMARY KEY (worker, stage)
-);
-
--- Rate limits shared by every worker: a virtual-time token bucket per key
--- (GCRA), advanced atomically.
-CREATE TABLE rate_limits (
-    key TEXT PRIMARY KEY,
-    tat_ms DOUBLE PRECISION NOT NULL
-);
-
--- Each worker's cumulative deliveries per provider, per 5-second bucket:
--- the per-provider time series of the stats API.
-CREATE TABLE provider_history (
-    worker TEXT NOT NULL,
-    provider TEXT NOT NULL,
-    bucket BIGINT NOT NULL,
-    delivered BIGINT NOT NULL,
-    PRIMARY KEY (worker, provider, bucket)
 );
