@@ -12,10 +12,17 @@ pub(crate) struct Db {
     conn: Arc<Mutex<Connection>>,
 }
 
+/// Opens a connection that waits up to 10 s for another process's lock.
+/// Every SQLite file of Squall is opened here.
+pub(crate) fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(conn)
+}
+
 impl Db {
     pub(crate) fn open(path: &Path, schema: &str) -> rusqlite::Result<Db> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let conn = connect(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // NORMAL in WAL mode: a transaction survives a process crash; only
         // an OS crash or power loss may lose the last few.

@@ -12,16 +12,24 @@ use tokio::sync::Notify;
 use super::{DeadLetter, Delivery, Depth, Queue, QueueError, Receipt};
 use crate::sqlite::{Db, now_ms};
 
+// A message's body lives apart from the row that says where it is
+// (`messages`): receiving, extending and retrying rewrite that small row
+// many times, and SQLite rewrites a whole record, overflow pages and all,
+// when any column changes. A body of a few hundred KiB is so written once
+// and deleted once.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     queue TEXT NOT NULL,
-    body BLOB NOT NULL,
     visible_at INTEGER NOT NULL,
     receive_count INTEGER NOT NULL DEFAULT 0,
     receipt INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, visible_at, id);
+CREATE TABLE IF NOT EXISTS bodies (
+    id INTEGER PRIMARY KEY,
+    body BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     queue TEXT NOT NULL,
@@ -43,8 +51,10 @@ pub struct EmbeddedQueue {
 
 impl EmbeddedQueue {
     pub fn open(path: &Path) -> Result<EmbeddedQueue, QueueError> {
-        let db = Db::open(path, SCHEMA)
-            .map_err(|e| QueueError::Unavailable(format!("{}: {e}", path.display())))?;
+        let unavailable =
+            |e: rusqlite::Error| QueueError::Unavailable(format!("{}: {e}", path.display()));
+        split_bodies_of_an_older_queue(path).map_err(unavailable)?;
+        let db = Db::open(path, SCHEMA).map_err(unavailable)?;
         Ok(EmbeddedQueue {
             db,
             arrived: Notify::new(),
@@ -61,6 +71,36 @@ impl EmbeddedQueue {
             .map(|n| n as u64)
             .map_err(err)
     }
+}
+
+/// A queue file written before bodies had a table of their own keeps its
+/// messages: they move to the current layout, ids and receipts unchanged.
+fn split_bodies_of_an_older_queue(path: &Path) -> rusqlite::Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let conn = crate::sqlite::connect(path)?;
+    let older: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('messages') WHERE name = 'body'",
+        [],
+        |r| r.get(0),
+    )?;
+    if older {
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             ALTER TABLE messages RENAME TO messages_with_bodies;
+             DROP INDEX IF EXISTS messages_ready;",
+        )?;
+        conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(
+            "INSERT INTO messages (id, queue, visible_at, receive_count, receipt)
+               SELECT id, queue, visible_at, receive_count, receipt FROM messages_with_bodies;
+             INSERT INTO bodies (id, body) SELECT id, body FROM messages_with_bodies;
+             DROP TABLE messages_with_bodies;
+             COMMIT;",
+        )?;
+    }
+    Ok(())
 }
 
 fn err(e: rusqlite::Error) -> QueueError {
@@ -96,11 +136,14 @@ impl Queue for EmbeddedQueue {
             .call(move |c| {
                 let tx = c.transaction()?;
                 {
-                    let mut stmt = tx.prepare_cached(
-                        "INSERT INTO messages (queue, body, visible_at) VALUES (?1, ?2, 0)",
+                    let mut message = tx.prepare_cached(
+                        "INSERT INTO messages (queue, visible_at) VALUES (?1, 0)",
                     )?;
+                    let mut stored =
+                        tx.prepare_cached("INSERT INTO bodies (id, body) VALUES (?1, ?2)")?;
                     for body in &bodies {
-                        stmt.execute(params![queue, body])?;
+                        let id = message.insert(params![queue])?;
+                        stored.execute(params![id, body])?;
                     }
                 }
                 tx.commit()
@@ -133,13 +176,16 @@ impl Queue for EmbeddedQueue {
                         let mut stmt = tx.prepare_cached(
                             "UPDATE messages SET visible_at = ?1, receive_count = receive_count + 1, receipt = receipt + 1
                              WHERE id IN (SELECT id FROM messages WHERE queue = ?2 AND visible_at <= ?3 ORDER BY id LIMIT ?4)
-                             RETURNING id, body, receive_count, receipt",
+                             RETURNING id, receive_count, receipt",
                         )?;
-                        let rows = stmt.query_map(params![now + vis, q, now, max as i64], |r| {
-                            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, u32>(2)?, r.get::<_, i64>(3)?))
-                        })?;
-                        for row in rows {
-                            let (id, body, receive_count, nonce) = row?;
+                        let taken = stmt
+                            .query_map(params![now + vis, q, now, max as i64], |r| {
+                                Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?, r.get::<_, i64>(2)?))
+                            })?
+                            .collect::<rusqlite::Result<Vec<_>>>()?;
+                        let mut body = tx.prepare_cached("SELECT body FROM bodies WHERE id = ?1")?;
+                        for (id, receive_count, nonce) in taken {
+                            let body: Vec<u8> = body.query_row(params![id], |r| r.get(0))?;
                             out.push(Delivery { receipt: Receipt(format!("{id}:{nonce}")), body, receive_count });
                         }
                     }
@@ -169,10 +215,13 @@ impl Queue for EmbeddedQueue {
             .call(move |c| {
                 let tx = c.transaction()?;
                 {
-                    let mut stmt =
+                    let mut message =
                         tx.prepare_cached("DELETE FROM messages WHERE id = ?1 AND receipt = ?2")?;
+                    let mut body = tx.prepare_cached("DELETE FROM bodies WHERE id = ?1")?;
                     for (id, nonce) in &ids {
-                        stmt.execute(params![id, nonce])?;
+                        if message.execute(params![id, nonce])? > 0 {
+                            body.execute(params![id])?;
+                        }
                     }
                 }
                 tx.commit()
@@ -245,7 +294,11 @@ impl Queue for EmbeddedQueue {
             .call(move |c| {
                 let tx = c.transaction()?;
                 let body: Option<Vec<u8>> = tx
-                    .query_row("SELECT body FROM messages WHERE id = ?1 AND receipt = ?2", params![id, nonce], |r| r.get(0))
+                    .query_row(
+                        "SELECT b.body FROM messages AS m JOIN bodies AS b ON b.id = m.id WHERE m.id = ?1 AND m.receipt = ?2",
+                        params![id, nonce],
+                        |r| r.get(0),
+                    )
                     .optional()?;
                 if let Some(body) = body {
                     tx.execute(
@@ -253,6 +306,7 @@ impl Queue for EmbeddedQueue {
                         params![queue, body, reason, count, now_ms()],
                     )?;
                     tx.execute("DELETE FROM messages WHERE id = ?1", params![id])?;
+                    tx.execute("DELETE FROM bodies WHERE id = ?1", params![id])?;
                 }
                 tx.commit()
             })
@@ -295,11 +349,24 @@ impl Queue for EmbeddedQueue {
             .db
             .call(move |c| {
                 let tx = c.transaction()?;
-                let n = tx.execute(
-                    "INSERT INTO messages (queue, body, visible_at) SELECT queue, body, 0 FROM dead_letters WHERE queue = ?1 ORDER BY id",
-                    params![q],
-                )?;
-                tx.execute("DELETE FROM dead_letters WHERE queue = ?1", params![q])?;
+                let letters: Vec<(i64, Vec<u8>)> = tx
+                    .prepare("SELECT id, body FROM dead_letters WHERE queue = ?1 ORDER BY id")?
+                    .query_map(params![q], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let n = letters.len();
+                {
+                    let mut message = tx.prepare_cached(
+                        "INSERT INTO messages (queue, visible_at) VALUES (?1, 0)",
+                    )?;
+                    let mut stored =
+                        tx.prepare_cached("INSERT INTO bodies (id, body) VALUES (?1, ?2)")?;
+                    let mut gone = tx.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?;
+                    for (letter, body) in &letters {
+                        let id = message.insert(params![q])?;
+                        stored.execute(params![id, body])?;
+                        gone.execute(params![letter])?;
+                    }
+                }
                 tx.commit()?;
                 Ok(n as u64)
             })
@@ -393,6 +460,38 @@ mod tests {
             (got[0].body.as_slice(), got[0].receive_count),
             (&b"a"[..], 2)
         );
+    }
+
+    #[tokio::test]
+    async fn a_queue_file_of_the_older_layout_keeps_its_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.sqlite");
+        {
+            let old = rusqlite::Connection::open(&path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL,
+                   body BLOB NOT NULL, visible_at INTEGER NOT NULL,
+                   receive_count INTEGER NOT NULL DEFAULT 0, receipt INTEGER NOT NULL DEFAULT 0);
+                 CREATE INDEX messages_ready ON messages (queue, visible_at, id);
+                 INSERT INTO messages (queue, body, visible_at) VALUES ('s', x'6f6e65', 0), ('s', x'74776f', 0);",
+            )
+            .unwrap();
+        }
+        let q = EmbeddedQueue::open(&path).unwrap();
+        let got = q
+            .receive("s", 10, Duration::from_secs(60), Duration::ZERO)
+            .await
+            .unwrap();
+        let bodies: Vec<&[u8]> = got.iter().map(|d| d.body.as_slice()).collect();
+        assert_eq!(bodies, [&b"one"[..], &b"two"[..]]);
+        let receipts: Vec<Receipt> = got.iter().map(|d| d.receipt.clone()).collect();
+        q.ack("s", &receipts).await.unwrap();
+        assert_eq!(q.depth("s").await.unwrap().total(), 0);
+        // Reopening the migrated file changes nothing.
+        drop(q);
+        let q = EmbeddedQueue::open(&path).unwrap();
+        q.send("s", vec![b"three".to_vec()]).await.unwrap();
+        assert_eq!(q.depth("s").await.unwrap().visible, 1);
     }
 
     #[tokio::test]
