@@ -15,6 +15,8 @@ pub fn batch(b: wit::RecipientBatch) -> core_types::Batch {
             .recipients
             .into_iter()
             .map(|r| core_types::Record {
+                // Stages never see audience lines.
+                line: 0,
                 id: r.id,
                 address: r.address,
                 values: r

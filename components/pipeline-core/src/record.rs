@@ -69,6 +69,11 @@ pub struct Record {
     pub id: String,
     pub address: String,
     pub values: Vec<Option<Value>>,
+    /// The audience line this recipient was read from: part of their
+    /// message ids (see `ids::message_id`). Host-side only; stages never
+    /// see it.
+    #[serde(default)]
+    pub line: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -245,6 +245,7 @@ mod tests {
             recipients: rows
                 .iter()
                 .map(|(id, a, b, c)| Record {
+                    line: 0,
                     id: id.to_string(),
                     address: format!("{id}@example.com"),
                     values: vec![a.clone(), b.clone(), c.clone()],

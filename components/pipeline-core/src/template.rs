@@ -203,6 +203,7 @@ mod tests {
                 .into_iter()
                 .enumerate()
                 .map(|(i, values)| Record {
+                    line: i as u64,
                     id: i.to_string(),
                     address: format!("{i}@x.test"),
                     values,

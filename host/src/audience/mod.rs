@@ -283,6 +283,7 @@ impl RowBuilder {
                     id: id.unwrap_or_default(),
                     address: address.unwrap_or_default(),
                     values,
+                    line,
                 },
             }),
         }

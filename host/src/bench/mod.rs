@@ -218,7 +218,12 @@ fn native_baseline(campaign: &Campaign) -> anyhow::Result<(Rates, f64, u64)> {
         for ((r, m), content) in batch.recipients.into_iter().zip(picks).zip(rendered) {
             let Ok(content) = content else { continue };
             let (segment, variant) = keys[m as usize].clone();
-            let id = message_id(&batch.campaign, &r.id, &format!("{segment}/{variant}"));
+            let id = message_id(
+                &batch.campaign,
+                r.line,
+                &r.id,
+                &format!("{segment}/{variant}"),
+            );
             let out = Outgoing {
                 unsubscribe_url: format!("http://localhost:8080/u/{id}"),
                 message_id: id,
@@ -263,27 +268,26 @@ fn native_baseline(campaign: &Campaign) -> anyhow::Result<(Rates, f64, u64)> {
 /// batches of 500 on a fresh SQLite store, nothing else running.
 async fn ledger_probe(dir: &std::path::Path) -> anyhow::Result<f64> {
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{LedgerClaim, LedgerKey, Settlement, Store};
+    use crate::store::{LedgerKey, Settlement, Store};
     let _ = std::fs::remove_dir_all(dir);
     let store = SqliteStore::open(dir)?;
     let started = Instant::now();
     for batch in 0..200u64 {
-        let claims: Vec<LedgerClaim> = (0..500u64)
+        let claims: Vec<LedgerKey> = (0..500u64)
             .map(|i| {
-                let id = (batch * 500 + i).to_string();
-                LedgerClaim {
-                    message_id: message_id("probe", &id, "s/a"),
-                    key: LedgerKey {
-                        recipient_id: id,
-                        message_key: "s/a".into(),
-                    },
+                let line = batch * 500 + i;
+                let id = line.to_string();
+                LedgerKey {
+                    message_id: message_id("probe", line, &id, "s/a"),
+                    recipient_id: id,
+                    message_key: "s/a".into(),
                 }
             })
             .collect();
         store.claim("probe", "bench", &claims).await?;
         let settled: Vec<_> = claims
             .into_iter()
-            .map(|c| (c.key, Settlement::Delivered))
+            .map(|c| (c, Settlement::Delivered))
             .collect();
         store.settle("probe", "bench", &settled).await?;
     }

@@ -23,8 +23,10 @@ pub fn to_wit(r: Record) -> wit::Recipient {
     }
 }
 
+/// The audience line is the host's alone: the caller puts it back.
 pub fn from_wit(r: wit::Recipient) -> Record {
     Record {
+        line: 0,
         id: r.id,
         address: r.address,
         values: r

@@ -173,6 +173,7 @@ mod tests {
     fn records(n: usize, text_len: usize) -> Vec<Record> {
         (0..n)
             .map(|i| Record {
+                line: i as u64,
                 id: i.to_string(),
                 address: format!("{i}@x.test"),
                 values: vec![

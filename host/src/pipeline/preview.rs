@@ -64,6 +64,7 @@ pub fn preview(campaign: &Campaign, recipient_id: &str) -> anyhow::Result<Previe
         html: None,
         request: None,
     };
+    let line = r.record.line;
     let batch = wit::RecipientBatch {
         campaign: campaign.id().to_string(),
         columns: campaign.columns.clone(),
@@ -84,6 +85,7 @@ pub fn preview(campaign: &Campaign, recipient_id: &str) -> anyhow::Result<Previe
         rendered.map_err(|e| anyhow::anyhow!("rendering {segment}/{variant} fails: {e}"))?;
     let id = message_id(
         campaign.id(),
+        line,
         &preview.recipient_id,
         &format!("{segment}/{variant}"),
     );

@@ -30,7 +30,7 @@ pub async fn settle_in_doubt(
                 Some(_) => Settlement::Released,
                 None => Settlement::InDoubt,
             };
-            (u.key, s)
+            (u, s)
         })
         .collect();
     let in_doubt = resolved

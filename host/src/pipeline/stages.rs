@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use squall_pipeline_core::ids::message_id;
 use squall_pipeline_core::message::{Channel, Outgoing};
-use squall_pipeline_core::record::Value;
+use squall_pipeline_core::record::{Record, Value};
 use squall_pipeline_core::template::Rendered;
 
 use super::control::{self, ControlView};
@@ -23,8 +23,8 @@ use crate::runtime::{
 };
 use crate::sqlite::now_ms;
 use crate::store::{
-    BatchStats, ClaimOutcome, ControlState, LedgerClaim, LedgerKey, MessageRef, Settlement, Store,
-    Suppression, SuppressionReason, normalise_address,
+    BatchStats, ClaimOutcome, ControlState, LedgerKey, MessageRef, Settlement, Store, Suppression,
+    SuppressionReason, normalise_address,
 };
 use crate::tracking::Tracker;
 
@@ -159,6 +159,7 @@ impl Shared {
 /// A message's identity in the delivery ledger.
 fn ledger_key(m: &Outgoing) -> LedgerKey {
     LedgerKey {
+        message_id: m.message_id.clone(),
         recipient_id: m.recipient_id.clone(),
         message_key: format!("{}/{}", m.segment, m.variant),
     }
@@ -310,6 +311,8 @@ impl SegmentProcessor {
                 yes
             });
         }
+        // Audience lines stay on this side of the boundary.
+        let lines: Vec<u64> = env.items.iter().map(|r| r.line).collect();
         let batch = wit::RecipientBatch {
             campaign: env.campaign.clone(),
             columns: env.columns.clone(),
@@ -332,7 +335,7 @@ impl SegmentProcessor {
             ..Default::default()
         };
         let mut placed = Vec::with_capacity(batch.recipients.len());
-        for (recipient, a) in batch.recipients.into_iter().zip(assignments) {
+        for ((recipient, a), line) in batch.recipients.into_iter().zip(assignments).zip(lines) {
             match a {
                 wit::Assignment::Unsegmented => stats.unsegmented += 1,
                 wit::Assignment::Assigned(p) => {
@@ -374,7 +377,10 @@ impl SegmentProcessor {
                         .entry(format!("{segment}/{shown}"))
                         .or_default() += 1;
                     placed.push(Placed {
-                        record: from_wit(recipient),
+                        record: Record {
+                            line,
+                            ..from_wit(recipient)
+                        },
                         segment: segment.clone(),
                         variant: variant.clone(),
                         message: p.message,
@@ -520,7 +526,8 @@ impl PersonaliseProcessor {
         let mut meta = Vec::with_capacity(env.items.len());
         let mut recipients = Vec::with_capacity(env.items.len());
         for p in env.items {
-            meta.push((p.segment, p.variant));
+            // Audience lines stay on this side of the boundary.
+            meta.push((p.segment, p.variant, p.record.line));
             recipients.push(to_wit(p.record));
         }
         let zone_column = self
@@ -550,13 +557,20 @@ impl PersonaliseProcessor {
             recipients: n,
             ..Default::default()
         };
-        for ((recipient, (segment, variant)), r) in
+        for ((recipient, (segment, variant, line)), r) in
             batch.recipients.into_iter().zip(meta).zip(rendered)
         {
             let key = format!("{segment}/{variant}");
+            let as_read = |recipient: &wit::Recipient| {
+                serde_json::to_string(&Record {
+                    line,
+                    ..from_wit(recipient.clone())
+                })
+                .unwrap_or_default()
+            };
             match r {
                 Ok(m) => {
-                    let id = message_id(&env.campaign, &recipient.id, &key);
+                    let id = message_id(&env.campaign, line, &recipient.id, &key);
                     let reference = MessageRef {
                         campaign: env.campaign.clone(),
                         message_id: id.clone(),
@@ -582,7 +596,7 @@ impl PersonaliseProcessor {
                                 "cannot track `{key}` for recipient {}: {reason}",
                                 recipient.id
                             ),
-                            serde_json::to_string(&from_wit(recipient.clone())).unwrap_or_default(),
+                            as_read(&recipient),
                         )
                         .await
                         .map_err(|e| infra(e, n))?;
@@ -604,8 +618,7 @@ impl PersonaliseProcessor {
                     });
                 }
                 Err(reason) => {
-                    let payload =
-                        serde_json::to_string(&from_wit(recipient.clone())).unwrap_or_default();
+                    let payload = as_read(&recipient);
                     dead_letter_item(
                         &*self.shared.store,
                         &self.shared.counters,
@@ -722,14 +735,7 @@ impl SendProcessor {
             }
             None => None,
         };
-        let claims: Vec<LedgerClaim> = env
-            .items
-            .iter()
-            .map(|m| LedgerClaim {
-                key: ledger_key(m),
-                message_id: m.message_id.clone(),
-            })
-            .collect();
+        let claims: Vec<LedgerKey> = env.items.iter().map(ledger_key).collect();
         let outcomes = shared
             .store
             .claim(&env.campaign, &self.owner, &claims)

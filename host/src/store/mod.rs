@@ -68,17 +68,16 @@ impl BatchStats {
     }
 }
 
+/// One message in the delivery ledger. Rows are keyed by `message_id`
+/// (`ids::message_id`), which names (campaign, recipient, message) one to
+/// one and keeps a batch's rows side by side; the other two fields are kept
+/// for reports and look-ups.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct LedgerKey {
+    pub message_id: String,
     pub recipient_id: String,
     /// `segment/variant`.
     pub message_key: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LedgerClaim {
-    pub key: LedgerKey,
-    pub message_id: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,25 +90,21 @@ pub enum ClaimOutcome {
     Busy,
 }
 
-/// (recipient id, message key): a ledger row's key within a campaign.
-pub(crate) type KeyPair = (String, String);
-
-/// Each claim's outcome, from the keys this claim inserted and the states
-/// of the rows that were there already. Shared by every backend: this is
-/// the ledger's decision, the backends only gather its inputs.
+/// Each claim's outcome, from the message ids this claim inserted and the
+/// states of the rows that were there already. Shared by every backend:
+/// this is the ledger's decision, the backends only gather its inputs.
 pub(crate) fn claim_outcomes(
-    claims: &[LedgerClaim],
-    mut inserted: std::collections::HashSet<KeyPair>,
-    existing: &std::collections::HashMap<KeyPair, String>,
+    claims: &[LedgerKey],
+    mut inserted: std::collections::HashSet<String>,
+    existing: &std::collections::HashMap<String, String>,
 ) -> Vec<ClaimOutcome> {
     claims
         .iter()
         .map(|cl| {
-            let key = (cl.key.recipient_id.clone(), cl.key.message_key.clone());
             // `remove`: a message listed twice in one batch is ours once.
-            if inserted.remove(&key) {
+            if inserted.remove(&cl.message_id) {
                 ClaimOutcome::Claimed
-            } else if existing.get(&key).is_some_and(|s| s == "claimed") {
+            } else if existing.get(&cl.message_id).is_some_and(|s| s == "claimed") {
                 ClaimOutcome::Busy
             } else {
                 ClaimOutcome::Settled
@@ -152,12 +147,6 @@ pub enum Settlement {
     /// Maybe sent (the worker died mid-request, the transport cannot tell):
     /// never sent again, counted apart.
     InDoubt,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unsettled {
-    pub key: LedgerKey,
-    pub message_id: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -320,7 +309,7 @@ pub trait Store: Send + Sync {
         &self,
         campaign: &str,
         owner: &str,
-        claims: &[LedgerClaim],
+        claims: &[LedgerKey],
     ) -> Result<Vec<ClaimOutcome>, StoreError>;
 
     async fn settle(
@@ -332,7 +321,7 @@ pub trait Store: Send + Sync {
 
     /// Claims not settled by owners other than `owner` whose lease (see
     /// `beat`) has run out, or who never held one: left by dead workers.
-    async fn unsettled(&self, campaign: &str, owner: &str) -> Result<Vec<Unsettled>, StoreError>;
+    async fn unsettled(&self, campaign: &str, owner: &str) -> Result<Vec<LedgerKey>, StoreError>;
 
     /// Says `owner` is alive for another `lease`. A worker that stops
     /// beating is dead: its open claims become `unsettled` for others.
@@ -646,14 +635,51 @@ pub(crate) use contract_tests;
 pub(crate) mod contract {
     use super::*;
 
-    fn claim(r: &str) -> LedgerClaim {
-        LedgerClaim {
-            key: LedgerKey {
-                recipient_id: r.into(),
-                message_key: "vip/a".into(),
-            },
-            message_id: format!("m-{r}"),
+    /// The message "vip/a" of campaign "c" to recipient `r`, on line `r`.
+    fn claim(r: &str) -> LedgerKey {
+        LedgerKey {
+            message_id: squall_pipeline_core::ids::message_id(
+                "c",
+                r.parse().unwrap_or(0),
+                r,
+                "vip/a",
+            ),
+            recipient_id: r.into(),
+            message_key: "vip/a".into(),
         }
+    }
+
+    /// After a backend converted an older ledger holding r7 (delivered) and
+    /// r8 (failed), both on their audience lines 7 and 8 of campaign "c":
+    /// neither is ever claimed again, a newcomer is.
+    pub(crate) async fn the_converted_older_ledger_keeps_what_it_settled(s: &dyn Store) {
+        let key = |r: &str, line| LedgerKey {
+            message_id: squall_pipeline_core::ids::message_id("c", line, r, "vip/a"),
+            recipient_id: r.into(),
+            message_key: "vip/a".into(),
+        };
+        assert_eq!(
+            s.claim("c", "run1", &[key("r7", 7), key("r8", 8), key("r9", 9)])
+                .await
+                .unwrap(),
+            vec![
+                ClaimOutcome::Settled,
+                ClaimOutcome::Settled,
+                ClaimOutcome::Claimed
+            ],
+            "what the older ledger settled stays settled"
+        );
+        let totals = s.ledger_totals("c").await.unwrap();
+        assert_eq!((totals.delivered, totals.failed), (1, 1));
+        // The newest states fit the converted table.
+        s.settle(
+            "c",
+            "run1",
+            &[(key("r9", 9), Settlement::Capped("cap".into()))],
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.ledger_totals("c").await.unwrap().capped, 1);
     }
 
     pub(crate) async fn a_message_is_claimed_once_and_never_again_after_settling(s: &dyn Store) {
@@ -671,8 +697,8 @@ pub(crate) mod contract {
             "c",
             "run1",
             &[
-                (claim("1").key, Settlement::Delivered),
-                (claim("2").key, Settlement::Released),
+                (claim("1"), Settlement::Delivered),
+                (claim("2"), Settlement::Released),
             ],
         )
         .await
@@ -706,13 +732,13 @@ pub(crate) mod contract {
         s.resolve(
             "c",
             &[
-                (claim("1").key, Settlement::Delivered),
-                (claim("2").key, Settlement::InDoubt),
+                (claim("1"), Settlement::Delivered),
+                (claim("2"), Settlement::InDoubt),
             ],
         )
         .await
         .unwrap();
-        s.settle("c", "dead", &[(claim("2").key, Settlement::Released)])
+        s.settle("c", "dead", &[(claim("2"), Settlement::Released)])
             .await
             .unwrap();
         assert_eq!(
@@ -743,7 +769,7 @@ pub(crate) mod contract {
             .await
             .unwrap()
             .into_iter()
-            .map(|u| u.key.recipient_id)
+            .map(|u| u.recipient_id)
             .collect();
         left.sort();
         assert_eq!(left, vec!["2".to_string(), "3".to_string()]);
@@ -823,11 +849,8 @@ pub(crate) mod contract {
             "c",
             "run1",
             &[
-                (
-                    claim("1").key,
-                    Settlement::Failed("550 no such user".into()),
-                ),
-                (claim("2").key, Settlement::InDoubt),
+                (claim("1"), Settlement::Failed("550 no such user".into())),
+                (claim("2"), Settlement::InDoubt),
             ],
         )
         .await
@@ -1130,13 +1153,17 @@ pub(crate) mod contract {
             "c",
             "run1",
             &[
-                (claim("1").key, Settlement::Delivered),
-                (claim("2").key, Settlement::Cancelled("cancelled".into())),
+                (claim("1"), Settlement::Delivered),
+                (claim("2"), Settlement::Cancelled("cancelled".into())),
             ],
         )
         .await
         .unwrap();
-        let m = s.sent_message("m-1").await.unwrap().expect("found by id");
+        let m = s
+            .sent_message(&claim("1").message_id)
+            .await
+            .unwrap()
+            .expect("found by id");
         assert_eq!(
             (
                 m.campaign.as_str(),
@@ -1160,12 +1187,25 @@ pub(crate) mod contract {
                 .is_empty()
         );
         let last = s.last_delivered("1", 0, i64::MAX).await.unwrap();
-        assert_eq!(last.map(|m| m.message_id), Some("m-1".into()));
+        assert_eq!(last.map(|m| m.message_id), Some(claim("1").message_id));
         assert!(
             s.last_delivered("2", 0, i64::MAX).await.unwrap().is_none(),
             "cancelled, not delivered"
         );
         assert_eq!(s.ledger_totals("c").await.unwrap().cancelled, 1);
+        // Another campaign's messages count for it alone.
+        let other = LedgerKey {
+            message_id: squall_pipeline_core::ids::message_id("d", 1, "1", "vip/a"),
+            ..claim("1")
+        };
+        s.claim("d", "run1", std::slice::from_ref(&other))
+            .await
+            .unwrap();
+        s.settle("d", "run1", &[(other, Settlement::Delivered)])
+            .await
+            .unwrap();
+        assert_eq!(s.ledger_totals("c").await.unwrap().delivered, 1);
+        assert_eq!(s.ledger_totals("d").await.unwrap().delivered, 1);
         let b = s.ledger_breakdown("c").await.unwrap();
         assert_eq!(b.iter().map(|r| r.count).sum::<u64>(), 2);
         let o = s.outcomes_since("c", 0).await.unwrap();

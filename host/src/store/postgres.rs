@@ -12,6 +12,7 @@ use tokio_postgres::NoTls;
 
 use super::*;
 use crate::sqlite::now_ms;
+use squall_pipeline_core::ids::campaign_id_range;
 
 mod embedded {
     refinery::embed_migrations!("migrations/postgres");
@@ -94,10 +95,17 @@ impl PostgresStore {
             .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
             .await
             .map_err(err)?;
-        let result = embedded::migrations::runner()
+        let mut result = embedded::migrations::runner()
             .set_migration_table_name("squall_schema_history")
             .run_async(client)
-            .await;
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        if result.is_ok() {
+            result = convert_older_ledger(client)
+                .await
+                .map_err(|e| format!("converting the older ledger: {e}"));
+        }
         client
             .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
             .await
@@ -105,59 +113,117 @@ impl PostgresStore {
         result.map_err(|e| StoreError::Other(format!("PostgreSQL migrations: {e}")))?;
         Ok(())
     }
+}
 
+/// Moves the rows of a ledger of the older layout (left by migration V5)
+/// into the current one, each under its message id, so every message it
+/// settled stays settled. Runs under the migration lock, in one
+/// transaction; a no-op once done.
+async fn convert_older_ledger(
+    client: &mut tokio_postgres::Client,
+) -> Result<(), tokio_postgres::Error> {
+    let older: Option<String> = client
+        .query_one("SELECT to_regclass('ledger_keyed_by_recipient')::text", &[])
+        .await?
+        .get(0);
+    if older.is_none() {
+        return Ok(());
+    }
+    let tx = client.transaction().await?;
+    let rows = tx
+        .query(
+            "SELECT l.campaign, l.recipient_id, l.message_key, l.state, l.owner, l.detail, l.updated_at, i.line
+             FROM ledger_keyed_by_recipient AS l
+             LEFT JOIN audience_ids AS i ON i.campaign = l.campaign AND i.recipient_id = l.recipient_id",
+            &[],
+        )
+        .await?;
+    for chunk in rows.chunks(1000) {
+        let mut cols: [Vec<String>; 6] = Default::default();
+        let mut details: Vec<Option<String>> = Vec::with_capacity(chunk.len());
+        let mut at: Vec<i64> = Vec::with_capacity(chunk.len());
+        for r in chunk {
+            let (campaign, recipient, key): (String, String, String) =
+                (r.get(0), r.get(1), r.get(2));
+            // Every recipient that reached the ledger was registered at
+            // intake; line 0 is only a fallback.
+            let line = r.get::<_, Option<i64>>(7).unwrap_or(0) as u64;
+            cols[0].push(squall_pipeline_core::ids::message_id(
+                &campaign, line, &recipient, &key,
+            ));
+            cols[1].push(campaign);
+            cols[2].push(recipient);
+            cols[3].push(key);
+            cols[4].push(r.get(3));
+            cols[5].push(r.get(4));
+            details.push(r.get(5));
+            at.push(r.get(6));
+        }
+        tx.execute(
+            "INSERT INTO ledger (message_id, campaign, recipient_id, message_key, state, owner, detail, updated_at)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[])
+             ON CONFLICT DO NOTHING",
+            &[&cols[0], &cols[1], &cols[2], &cols[3], &cols[4], &cols[5], &details, &at],
+        )
+        .await?;
+    }
+    tx.execute("DROP TABLE ledger_keyed_by_recipient", &[])
+        .await?;
+    tx.commit().await?;
+    tracing::info!(
+        rows = rows.len(),
+        "the delivery ledger was converted to its current layout"
+    );
+    Ok(())
+}
+
+impl PostgresStore {
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(pool_err)
     }
 }
 
-fn keys(settled: &[(LedgerKey, Settlement)], want: &Settlement) -> (Vec<String>, Vec<String>) {
-    settled
-        .iter()
-        .filter(|(_, s)| std::mem::discriminant(s) == std::mem::discriminant(want))
-        .map(|(k, _)| (k.recipient_id.clone(), k.message_key.clone()))
-        .unzip()
-}
-
-/// Settles a batch: one statement per kind of outcome, failures (each with
-/// its own reason) as one statement over three arrays.
+/// Settles a batch, by message id: one statement for each kind of outcome
+/// that has no reason, one for those that have one (each its own). Only a
+/// claim still open (and, unless resolving a dead owner's claims, still
+/// `owner`'s) is settled.
 async fn settle_batch(
     tx: &tokio_postgres::Transaction<'_>,
-    campaign: &str,
     owner: Option<&str>,
     settled: &[(LedgerKey, Settlement)],
 ) -> Result<(), tokio_postgres::Error> {
-    const KEYS: &str =
-        "(recipient_id, message_key) IN (SELECT * FROM unnest($3::text[], $4::text[]))";
     let now = now_ms();
+    let ids = |want: &Settlement| -> Vec<&str> {
+        settled
+            .iter()
+            .filter(|(_, s)| std::mem::discriminant(s) == std::mem::discriminant(want))
+            .map(|(k, _)| k.message_id.as_str())
+            .collect()
+    };
     for (state, want) in [
         ("delivered", Settlement::Delivered),
         ("in_doubt", Settlement::InDoubt),
     ] {
-        let (r, m) = keys(settled, &want);
-        if !r.is_empty() {
+        let ids = ids(&want);
+        if !ids.is_empty() {
             tx.execute(
-                &format!(
-                    "UPDATE ledger SET state = $5, updated_at = $6
-                     WHERE campaign = $1 AND state = 'claimed' AND ($2::text IS NULL OR owner = $2) AND {KEYS}"
-                ),
-                &[&campaign, &owner, &r, &m, &state, &now],
+                "UPDATE ledger SET state = $3, updated_at = $4
+                 WHERE message_id = ANY($1::text[]) AND state = 'claimed' AND ($2::text IS NULL OR owner = $2)",
+                &[&ids, &owner, &state, &now],
             )
             .await?;
         }
     }
-    let (r, m) = keys(settled, &Settlement::Released);
-    if !r.is_empty() {
+    let released = ids(&Settlement::Released);
+    if !released.is_empty() {
         tx.execute(
-            &format!(
-                "DELETE FROM ledger WHERE campaign = $1 AND state = 'claimed' AND ($2::text IS NULL OR owner = $2) AND {KEYS}"
-            ),
-            &[&campaign, &owner, &r, &m],
+            "DELETE FROM ledger
+             WHERE message_id = ANY($1::text[]) AND state = 'claimed' AND ($2::text IS NULL OR owner = $2)",
+            &[&released, &owner],
         )
         .await?;
     }
-    let mut fr = Vec::new();
-    let mut fm = Vec::new();
+    let mut failed = Vec::new();
     let mut reasons = Vec::new();
     let mut states = Vec::new();
     for (k, s) in settled {
@@ -168,18 +234,16 @@ async fn settle_batch(
             Settlement::Capped(r) => ("capped", r),
             _ => continue,
         };
-        fr.push(k.recipient_id.clone());
-        fm.push(k.message_key.clone());
-        reasons.push(reason.clone());
+        failed.push(k.message_id.as_str());
+        reasons.push(reason.as_str());
         states.push(state);
     }
-    if !fr.is_empty() {
+    if !failed.is_empty() {
         tx.execute(
-            "UPDATE ledger AS l SET state = f.state, detail = f.reason, updated_at = $6
-             FROM unnest($3::text[], $4::text[], $5::text[], $7::text[]) AS f(recipient_id, message_key, reason, state)
-             WHERE l.campaign = $1 AND l.state = 'claimed' AND ($2::text IS NULL OR l.owner = $2)
-               AND l.recipient_id = f.recipient_id AND l.message_key = f.message_key",
-            &[&campaign, &owner, &fr, &fm, &reasons, &now, &states],
+            "UPDATE ledger AS l SET state = f.state, detail = f.reason, updated_at = $5
+             FROM unnest($1::text[], $2::text[], $3::text[]) AS f(message_id, reason, state)
+             WHERE l.message_id = f.message_id AND l.state = 'claimed' AND ($4::text IS NULL OR l.owner = $4)",
+            &[&failed, &reasons, &states, &owner, &now],
         )
         .await?;
     }
@@ -406,48 +470,45 @@ impl Store for PostgresStore {
         &self,
         campaign: &str,
         owner: &str,
-        claims: &[LedgerClaim],
+        claims: &[LedgerKey],
     ) -> Result<Vec<ClaimOutcome>, StoreError> {
+        let mut ids = Vec::with_capacity(claims.len());
         let mut rs = Vec::with_capacity(claims.len());
         let mut ms = Vec::with_capacity(claims.len());
-        let mut ids = Vec::with_capacity(claims.len());
         for cl in claims {
-            rs.push(cl.key.recipient_id.clone());
-            ms.push(cl.key.message_key.clone());
-            ids.push(cl.message_id.clone());
+            ids.push(cl.message_id.as_str());
+            rs.push(cl.recipient_id.as_str());
+            ms.push(cl.message_key.as_str());
         }
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(err)?;
         // `DISTINCT ON`: PostgreSQL refuses to touch one row twice in one
         // INSERT … ON CONFLICT, and a batch may list a message twice.
-        let inserted: HashSet<KeyPair> = tx
+        let inserted: HashSet<String> = tx
             .query(
-                "INSERT INTO ledger (campaign, recipient_id, message_key, message_id, state, owner, updated_at)
-                 SELECT DISTINCT ON (r, m) $1, r, m, i, 'claimed', $2, $3
-                 FROM unnest($4::text[], $5::text[], $6::text[]) AS u(r, m, i)
+                "INSERT INTO ledger (message_id, campaign, recipient_id, message_key, state, owner, updated_at)
+                 SELECT DISTINCT ON (i) i, $1, r, m, 'claimed', $2, $3
+                 FROM unnest($4::text[], $5::text[], $6::text[]) AS u(i, r, m)
                  ON CONFLICT DO NOTHING
-                 RETURNING recipient_id, message_key",
-                &[&campaign, &owner, &now_ms(), &rs, &ms, &ids],
+                 RETURNING message_id",
+                &[&campaign, &owner, &now_ms(), &ids, &rs, &ms],
             )
             .await
             .map_err(err)?
             .iter()
-            .map(|r| (r.get(0), r.get(1)))
+            .map(|r| r.get(0))
             .collect();
-        let mut states: HashMap<KeyPair, String> = HashMap::new();
+        let mut states: HashMap<String, String> = HashMap::new();
         if inserted.len() < claims.len() {
             for r in tx
                 .query(
-                    "SELECT l.recipient_id, l.message_key, l.state FROM ledger AS l
-                     JOIN unnest($2::text[], $3::text[]) AS u(r, m)
-                       ON l.recipient_id = u.r AND l.message_key = u.m
-                     WHERE l.campaign = $1",
-                    &[&campaign, &rs, &ms],
+                    "SELECT message_id, state FROM ledger WHERE message_id = ANY($1::text[])",
+                    &[&ids],
                 )
                 .await
                 .map_err(err)?
             {
-                states.insert((r.get(0), r.get(1)), r.get(2));
+                states.insert(r.get(0), r.get(1));
             }
         }
         tx.commit().await.map_err(err)?;
@@ -456,38 +517,36 @@ impl Store for PostgresStore {
 
     async fn settle(
         &self,
-        campaign: &str,
+        _campaign: &str,
         owner: &str,
         settled: &[(LedgerKey, Settlement)],
     ) -> Result<(), StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(err)?;
-        settle_batch(&tx, campaign, Some(owner), settled)
-            .await
-            .map_err(err)?;
+        settle_batch(&tx, Some(owner), settled).await.map_err(err)?;
         tx.commit().await.map_err(err)
     }
 
-    async fn unsettled(&self, campaign: &str, owner: &str) -> Result<Vec<Unsettled>, StoreError> {
+    async fn unsettled(&self, campaign: &str, owner: &str) -> Result<Vec<LedgerKey>, StoreError> {
+        let (low, high) = campaign_id_range(campaign);
         let rows = self
             .client()
             .await?
             .query(
-                "SELECT recipient_id, message_key, message_id FROM ledger
-                 WHERE campaign = $1 AND state = 'claimed' AND owner <> $2
+                "SELECT message_id, recipient_id, message_key FROM ledger
+                 WHERE message_id >= $4 AND message_id < $5 AND campaign = $1
+                   AND state = 'claimed' AND owner <> $2
                    AND NOT EXISTS (SELECT 1 FROM owners o WHERE o.owner = ledger.owner AND o.lease_until > $3)",
-                &[&campaign, &owner, &now_ms()],
+                &[&campaign, &owner, &now_ms(), &low, &high],
             )
             .await
             .map_err(err)?;
         Ok(rows
             .iter()
-            .map(|r| Unsettled {
-                key: LedgerKey {
-                    recipient_id: r.get(0),
-                    message_key: r.get(1),
-                },
-                message_id: r.get(2),
+            .map(|r| LedgerKey {
+                message_id: r.get(0),
+                recipient_id: r.get(1),
+                message_key: r.get(2),
             })
             .collect())
     }
@@ -575,19 +634,20 @@ impl Store for PostgresStore {
     ) -> Result<(), StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(err)?;
-        settle_batch(&tx, campaign, None, resolved)
-            .await
-            .map_err(err)?;
+        let _ = campaign;
+        settle_batch(&tx, None, resolved).await.map_err(err)?;
         tx.commit().await.map_err(err)
     }
 
     async fn ledger_totals(&self, campaign: &str) -> Result<LedgerTotals, StoreError> {
+        let (low, high) = campaign_id_range(campaign);
         let rows = self
             .client()
             .await?
             .query(
-                "SELECT state, COUNT(*) FROM ledger WHERE campaign = $1 GROUP BY state",
-                &[&campaign],
+                "SELECT state, COUNT(*) FROM ledger
+                 WHERE message_id >= $2 AND message_id < $3 AND campaign = $1 GROUP BY state",
+                &[&campaign, &low, &high],
             )
             .await
             .map_err(err)?;
@@ -790,13 +850,15 @@ impl Store for PostgresStore {
     }
 
     async fn ledger_breakdown(&self, campaign: &str) -> Result<Vec<LedgerBreakdown>, StoreError> {
+        let (low, high) = campaign_id_range(campaign);
         let rows = self
             .client()
             .await?
             .query(
-                "SELECT message_key, state, COUNT(*) FROM ledger WHERE campaign = $1
+                "SELECT message_key, state, COUNT(*) FROM ledger
+                 WHERE message_id >= $2 AND message_id < $3 AND campaign = $1
                  GROUP BY message_key, state ORDER BY message_key, state",
-                &[&campaign],
+                &[&campaign, &low, &high],
             )
             .await
             .map_err(err)?;
@@ -816,14 +878,16 @@ impl Store for PostgresStore {
         since: i64,
         bucket_ms: i64,
     ) -> Result<Vec<(i64, String, u64)>, StoreError> {
+        let (low, high) = campaign_id_range(campaign);
         let rows = self
             .client()
             .await?
             .query(
                 "SELECT (updated_at / $3) * $3 AS b, message_key, COUNT(*) FROM ledger
-                 WHERE campaign = $1 AND state = 'delivered' AND updated_at >= $2
+                 WHERE message_id >= $4 AND message_id < $5 AND campaign = $1
+                   AND state = 'delivered' AND updated_at >= $2
                  GROUP BY b, message_key ORDER BY b, message_key",
-                &[&campaign, &since, &bucket_ms.max(1)],
+                &[&campaign, &since, &bucket_ms.max(1), &low, &high],
             )
             .await
             .map_err(err)?;
@@ -845,7 +909,7 @@ impl Store for PostgresStore {
             .await?
             .query_opt(
                 "SELECT campaign, recipient_id, message_key, message_id, state, updated_at
-                 FROM ledger WHERE message_id = $1 LIMIT 1",
+                 FROM ledger WHERE message_id = $1",
                 &[&message_id],
             )
             .await
@@ -1029,11 +1093,13 @@ impl Store for PostgresStore {
     ) -> Result<crate::schedule::Outcomes, StoreError> {
         let client = self.client().await?;
         let mut o = crate::schedule::Outcomes::default();
+        let (low, high) = campaign_id_range(campaign);
         for r in client
             .query(
-                "SELECT state, COUNT(*) FROM ledger WHERE campaign = $1 AND updated_at >= $2
+                "SELECT state, COUNT(*) FROM ledger
+                 WHERE message_id >= $3 AND message_id < $4 AND campaign = $1 AND updated_at >= $2
                    AND state IN ('delivered', 'failed') GROUP BY state",
-                &[&campaign, &since],
+                &[&campaign, &since, &low, &high],
             )
             .await
             .map_err(err)?
@@ -1384,10 +1450,17 @@ impl Store for PostgresStore {
 }
 
 /// A fresh, empty database on the server at `SQUALL_TEST_POSTGRES` (a
-/// server URL without a database, e.g. `postgres://postgres@127.0.0.1:5432`).
-/// Names are unique; test databases are small and left for inspection.
+/// server URL without a database, e.g. `postgres://postgres@127.0.0.1:5432`),
+/// dropped when this is: a shared server is not left a database per test.
 #[cfg(test)]
-pub(crate) async fn test_database() -> Option<String> {
+pub(crate) struct TestDatabase {
+    pub url: String,
+    server: String,
+    name: String,
+}
+
+#[cfg(test)]
+pub(crate) async fn test_database() -> Option<TestDatabase> {
     let server = crate::test_service("SQUALL_TEST_POSTGRES")?;
     let server = server.trim_end_matches('/').to_string();
     let (client, conn) = tokio_postgres::connect(&format!("{server}/postgres"), NoTls)
@@ -1399,16 +1472,47 @@ pub(crate) async fn test_database() -> Option<String> {
         .execute(&format!("CREATE DATABASE {name}"), &[])
         .await
         .unwrap();
-    Some(format!("{server}/{name}"))
+    Some(TestDatabase {
+        url: format!("{server}/{name}"),
+        server,
+        name,
+    })
+}
+
+#[cfg(test)]
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime, which cannot be blocked on:
+        // a thread of its own with a runtime of its own does the work.
+        let (server, name) = (self.server.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async move {
+                if let Ok((client, conn)) =
+                    tokio_postgres::connect(&format!("{server}/postgres"), NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = client
+                        .execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"), &[])
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    async fn setup() -> Option<((), PostgresStore)> {
-        let url = test_database().await?;
-        Some(((), PostgresStore::connect(&url, 4).await.unwrap()))
+    async fn setup() -> Option<(TestDatabase, PostgresStore)> {
+        let db = test_database().await?;
+        let store = PostgresStore::connect(&db.url, 4).await.unwrap();
+        Some((db, store))
     }
 
     mod contract {
@@ -1417,19 +1521,17 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_claims_from_many_workers_never_overlap() {
-        let Some(url) = test_database().await else {
+        let Some(db) = test_database().await else {
             return;
         };
-        let store = std::sync::Arc::new(PostgresStore::connect(&url, 8).await.unwrap());
+        let store = std::sync::Arc::new(PostgresStore::connect(&db.url, 8).await.unwrap());
         // Migrating again (a second worker starting) is harmless.
-        PostgresStore::connect(&url, 1).await.unwrap();
-        let claims: Vec<LedgerClaim> = (0..300)
-            .map(|i| LedgerClaim {
-                key: LedgerKey {
-                    recipient_id: format!("r{i}"),
-                    message_key: "s/a".into(),
-                },
-                message_id: format!("m{i}"),
+        PostgresStore::connect(&db.url, 1).await.unwrap();
+        let claims: Vec<LedgerKey> = (0..300)
+            .map(|i| LedgerKey {
+                message_id: squall_pipeline_core::ids::message_id("c", i, &format!("r{i}"), "s/a"),
+                recipient_id: format!("r{i}"),
+                message_key: "s/a".into(),
             })
             .collect();
         let mut tasks = Vec::new();
@@ -1445,5 +1547,38 @@ mod tests {
             total += t.await.unwrap();
         }
         assert_eq!(total, 300, "each message claimed by exactly one worker");
+    }
+
+    #[tokio::test]
+    async fn a_ledger_of_the_older_layout_keeps_what_it_settled() {
+        let Some(db) = test_database().await else {
+            return;
+        };
+        {
+            // The schema as it was before V5, with rows of the older ledger.
+            let (mut client, conn) = tokio_postgres::connect(&db.url, NoTls).await.unwrap();
+            tokio::spawn(conn);
+            let mut runner =
+                embedded::migrations::runner().set_target(refinery::Target::Version(4));
+            runner
+                .set_migration_table_name("squall_schema_history")
+                .run_async(&mut client)
+                .await
+                .unwrap();
+            client
+                .batch_execute(
+                    "INSERT INTO ledger VALUES
+                       ('c', 'r7', 'vip/a', 'old-1', 'delivered', 'run0', NULL, 1),
+                       ('c', 'r8', 'vip/a', 'old-2', 'failed', 'run0', '550', 2);
+                     INSERT INTO audience_ids VALUES ('c', 'r7', 7), ('c', 'r8', 8);",
+                )
+                .await
+                .unwrap();
+        }
+        let s = PostgresStore::connect(&db.url, 2).await.unwrap();
+        crate::store::contract::the_converted_older_ledger_keeps_what_it_settled(&s).await;
+        // A second worker starting converts nothing more.
+        let again = PostgresStore::connect(&db.url, 1).await.unwrap();
+        assert_eq!(again.ledger_totals("c").await.unwrap().delivered, 1);
     }
 }

@@ -8,6 +8,7 @@ use rusqlite::{OptionalExtension, params};
 
 use super::*;
 use crate::sqlite::{Db, now_ms};
+use squall_pipeline_core::ids::campaign_id_range;
 
 // Three files, so that their writers do not queue behind each other:
 // SQLite has one writer per database, and intake (ids), the stage workers
@@ -158,20 +159,22 @@ CREATE TABLE IF NOT EXISTS audience_ids (
 ) WITHOUT ROWID;
 ";
 
+// Keyed by message id alone (see `ids::message_id`): it names (campaign,
+// recipient, message) one to one, and its layout (campaign tag, then
+// audience line) puts a batch's claims on a few neighbouring pages and a
+// campaign's rows in one key range. No other index is written per message
+// but the partial one the frequency cap and conversions read.
 const LEDGER_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS ledger (
+    message_id TEXT NOT NULL PRIMARY KEY,
     campaign TEXT NOT NULL,
     recipient_id TEXT NOT NULL,
     message_key TEXT NOT NULL,
-    message_id TEXT NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('claimed', 'delivered', 'failed', 'in_doubt', 'suppressed', 'cancelled', 'capped')),
     owner TEXT NOT NULL,
     detail TEXT,
-    updated_at INTEGER NOT NULL,
-    PRIMARY KEY (campaign, recipient_id, message_key)
+    updated_at INTEGER NOT NULL
 ) WITHOUT ROWID;
--- Bounces name a Message-ID; conversions look up a recipient's last message.
-CREATE INDEX IF NOT EXISTS ledger_by_message ON ledger (message_id);
 CREATE INDEX IF NOT EXISTS ledger_by_recipient ON ledger (recipient_id, updated_at) WHERE state = 'delivered';
 CREATE TABLE IF NOT EXISTS owners (
     owner TEXT PRIMARY KEY,
@@ -199,48 +202,89 @@ impl SqliteStore {
         Ok(SqliteStore {
             db: open("state.sqlite", STATE_SCHEMA)?,
             ids: open("audience-ids.sqlite", IDS_SCHEMA)?,
-            ledger: open_ledger(&dir.join("ledger.sqlite"))?,
+            ledger: open_ledger(&dir.join("ledger.sqlite"), &dir.join("audience-ids.sqlite"))?,
             tracking: open("tracking.sqlite", TRACKING_SCHEMA)?,
         })
     }
 }
 
-/// Opens the ledger, first widening the state check of a ledger made before
-/// the newest states (cancelled, capped) existed; SQLite cannot alter a
-/// CHECK, so the table is rebuilt.
-fn open_ledger(path: &Path) -> Result<Db, StoreError> {
+/// Opens the ledger, first converting a ledger of an older layout (keyed by
+/// campaign, recipient and message) to the current one. Its rows get their
+/// message ids from the audience lines in `ids_path`, so every message it
+/// settled stays settled.
+fn open_ledger(path: &Path, ids_path: &Path) -> Result<Db, StoreError> {
     let unavailable =
         |e: rusqlite::Error| StoreError::Unavailable(format!("{}: {e}", path.display()));
     if path.exists() {
-        let conn = rusqlite::Connection::open(path).map_err(unavailable)?;
-        // Another process (a run, a server) may be writing right now.
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(unavailable)?;
-        let sql: Option<String> = conn
-            .query_row(
-                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'ledger'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(unavailable)?;
-        if sql.is_some_and(|s| !s.contains("'capped'")) {
-            conn.execute_batch(
-                "BEGIN IMMEDIATE;
-                 ALTER TABLE ledger RENAME TO ledger_before_cancel;",
-            )
-            .and_then(|_| conn.execute_batch(LEDGER_SCHEMA))
-            .and_then(|_| {
-                conn.execute_batch(
-                    "INSERT INTO ledger SELECT * FROM ledger_before_cancel;
-                     DROP TABLE ledger_before_cancel;
-                     COMMIT;",
-                )
-            })
-            .map_err(unavailable)?;
-        }
+        convert_older_ledger(path, ids_path).map_err(unavailable)?;
     }
     Db::open(path, LEDGER_SCHEMA).map_err(unavailable)
+}
+
+fn convert_older_ledger(path: &Path, ids_path: &Path) -> rusqlite::Result<()> {
+    // Another process (a run, a server) may be writing right now.
+    let conn = crate::sqlite::connect(path)?;
+    let keyed_by_recipient = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'ledger'",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()?
+        .is_some_and(|sql| sql.contains("PRIMARY KEY (campaign, recipient_id, message_key)"));
+    if !keyed_by_recipient {
+        return Ok(());
+    }
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         ALTER TABLE ledger RENAME TO ledger_keyed_by_recipient;
+         DROP INDEX IF EXISTS ledger_by_message;
+         DROP INDEX IF EXISTS ledger_by_recipient;",
+    )?;
+    conn.execute_batch(LEDGER_SCHEMA)?;
+    conn.execute(
+        "ATTACH DATABASE ?1 AS ids",
+        params![ids_path.to_string_lossy()],
+    )?;
+    let converted = {
+        let mut rows = conn.prepare(
+            "SELECT l.campaign, l.recipient_id, l.message_key, l.state, l.owner, l.detail, l.updated_at, i.line
+             FROM ledger_keyed_by_recipient AS l
+             LEFT JOIN ids.audience_ids AS i ON i.campaign = l.campaign AND i.recipient_id = l.recipient_id",
+        )?;
+        let mut insert = conn.prepare(
+            "INSERT INTO ledger (message_id, campaign, recipient_id, message_key, state, owner, detail, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        let mut rows = rows.query([])?;
+        let mut n = 0u64;
+        while let Some(r) = rows.next()? {
+            let (campaign, recipient, key): (String, String, String) =
+                (r.get(0)?, r.get(1)?, r.get(2)?);
+            // Every recipient that reached the ledger was registered at
+            // intake; line 0 is only a fallback for a damaged ids file.
+            let line = r.get::<_, Option<i64>>(7)?.unwrap_or(0) as u64;
+            let id = squall_pipeline_core::ids::message_id(&campaign, line, &recipient, &key);
+            insert.execute(params![
+                id,
+                campaign,
+                recipient,
+                key,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, Option<String>>(5)?,
+                r.get::<_, i64>(6)?
+            ])?;
+            n += 1;
+        }
+        n
+    };
+    conn.execute_batch("DROP TABLE ledger_keyed_by_recipient; COMMIT; DETACH DATABASE ids;")?;
+    tracing::info!(
+        rows = converted,
+        "the delivery ledger was converted to its current layout"
+    );
+    Ok(())
 }
 
 fn err(e: rusqlite::Error) -> StoreError {
@@ -264,61 +308,37 @@ fn sent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SentMessage> {
     })
 }
 
-/// Settles a batch with one statement per kind of outcome (a failure's
-/// reason is per message, so failures go one by one; they are rare). The
-/// ledger is on every message's path, and per-row statements cost a few µs
-/// each; the keys travel as one JSON array through SQLite's `json_each`,
-/// matched with a row-value `IN` that uses the primary key.
+/// Settles a batch: one statement per message, by primary key. Only a
+/// claim still open (and, unless resolving a dead owner's claims, still
+/// `owner`'s) is settled, so a late settle of a resolved claim changes
+/// nothing.
 fn settle_batch(
     tx: &rusqlite::Transaction<'_>,
-    campaign: &str,
     owner: Option<&str>,
     settled: &[(LedgerKey, Settlement)],
 ) -> rusqlite::Result<()> {
-    let mut delivered = Vec::new();
-    let mut in_doubt = Vec::new();
-    let mut released = Vec::new();
+    let now = now_ms();
+    let mut update = tx.prepare_cached(
+        "UPDATE ledger SET state = ?2, detail = ?3, updated_at = ?4
+         WHERE message_id = ?1 AND state = 'claimed' AND (?5 IS NULL OR owner = ?5)",
+    )?;
+    let mut release = tx.prepare_cached(
+        "DELETE FROM ledger WHERE message_id = ?1 AND state = 'claimed' AND (?2 IS NULL OR owner = ?2)",
+    )?;
     for (key, s) in settled {
-        let pair = serde_json::json!([key.recipient_id, key.message_key]);
-        match s {
-            Settlement::Delivered => delivered.push(pair),
-            Settlement::InDoubt => in_doubt.push(pair),
-            Settlement::Released => released.push(pair),
-            Settlement::Failed(reason)
-            | Settlement::Suppressed(reason)
-            | Settlement::Cancelled(reason)
-            | Settlement::Capped(reason) => {
-                let state = match s {
-                    Settlement::Failed(_) => "failed",
-                    Settlement::Suppressed(_) => "suppressed",
-                    Settlement::Capped(_) => "capped",
-                    _ => "cancelled",
-                };
-                tx.prepare_cached(
-                    "UPDATE ledger SET state = ?7, detail = ?4, updated_at = ?5
-                     WHERE campaign = ?1 AND recipient_id = ?2 AND message_key = ?3 AND state = 'claimed'
-                       AND (?6 IS NULL OR owner = ?6)",
-                )?
-                .execute(params![campaign, key.recipient_id, key.message_key, reason, now_ms(), owner, state])?;
+        let (state, detail) = match s {
+            Settlement::Released => {
+                release.execute(params![key.message_id, owner])?;
+                continue;
             }
-        }
-    }
-    const KEYS: &str =
-        "(recipient_id, message_key) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?3))";
-    for (state, keys) in [("delivered", delivered), ("in_doubt", in_doubt)] {
-        if !keys.is_empty() {
-            tx.prepare_cached(&format!(
-                "UPDATE ledger SET state = ?4, updated_at = ?5
-                 WHERE campaign = ?1 AND state = 'claimed' AND (?2 IS NULL OR owner = ?2) AND {KEYS}"
-            ))?
-            .execute(params![campaign, owner, serde_json::Value::Array(keys).to_string(), state, now_ms()])?;
-        }
-    }
-    if !released.is_empty() {
-        tx.prepare_cached(&format!(
-            "DELETE FROM ledger WHERE campaign = ?1 AND state = 'claimed' AND (?2 IS NULL OR owner = ?2) AND {KEYS}"
-        ))?
-        .execute(params![campaign, owner, serde_json::Value::Array(released).to_string()])?;
+            Settlement::Delivered => ("delivered", None),
+            Settlement::InDoubt => ("in_doubt", None),
+            Settlement::Failed(reason) => ("failed", Some(reason)),
+            Settlement::Suppressed(reason) => ("suppressed", Some(reason)),
+            Settlement::Cancelled(reason) => ("cancelled", Some(reason)),
+            Settlement::Capped(reason) => ("capped", Some(reason)),
+        };
+        update.execute(params![key.message_id, state, detail, now, owner])?;
     }
     Ok(())
 }
@@ -556,45 +576,34 @@ impl Store for SqliteStore {
         &self,
         campaign: &str,
         owner: &str,
-        claims: &[LedgerClaim],
+        claims: &[LedgerKey],
     ) -> Result<Vec<ClaimOutcome>, StoreError> {
         let (c, o, claims) = (campaign.to_string(), owner.to_string(), claims.to_vec());
         self.ledger
             .call(move |conn| {
                 let tx = conn.transaction()?;
-                let batch = serde_json::Value::Array(
-                    claims
-                        .iter()
-                        .map(|cl| serde_json::json!([cl.key.recipient_id, cl.key.message_key, cl.message_id]))
-                        .collect(),
-                )
-                .to_string();
-                let mut inserted: HashSet<KeyPair> = HashSet::with_capacity(claims.len());
+                let now = now_ms();
+                let mut inserted: HashSet<String> = HashSet::with_capacity(claims.len());
+                let mut existing: HashMap<String, String> = HashMap::new();
                 {
                     let mut insert = tx.prepare_cached(
-                        "INSERT INTO ledger (campaign, recipient_id, message_key, message_id, state, owner, updated_at)
-                         SELECT ?1, value ->> 0, value ->> 1, value ->> 2, 'claimed', ?2, ?3 FROM json_each(?4) WHERE true
-                         ON CONFLICT DO NOTHING
-                         RETURNING recipient_id, message_key",
+                        "INSERT INTO ledger (message_id, campaign, recipient_id, message_key, state, owner, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, 'claimed', ?5, ?6) ON CONFLICT DO NOTHING",
                     )?;
-                    let rows = insert.query_map(params![c, o, now_ms(), batch], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                    for row in rows {
-                        inserted.insert(row?);
+                    let mut state = tx.prepare_cached("SELECT state FROM ledger WHERE message_id = ?1")?;
+                    for cl in &claims {
+                        if insert.execute(params![cl.message_id, c, cl.recipient_id, cl.message_key, o, now])? == 1 {
+                            inserted.insert(cl.message_id.clone());
+                        } else if inserted.contains(&cl.message_id) {
+                            // Listed twice in this batch: its twin holds it.
+                            existing.insert(cl.message_id.clone(), "claimed".into());
+                        } else {
+                            let s: String = state.query_row(params![cl.message_id], |r| r.get(0))?;
+                            existing.insert(cl.message_id.clone(), s);
+                        }
                     }
                 }
-                let mut states: HashMap<KeyPair, String> = HashMap::new();
-                if inserted.len() < claims.len() {
-                    let mut stmt = tx.prepare_cached(
-                        "SELECT l.recipient_id, l.message_key, l.state FROM json_each(?2) AS j
-                         CROSS JOIN ledger AS l ON l.campaign = ?1 AND l.recipient_id = j.value ->> 0 AND l.message_key = j.value ->> 1",
-                    )?;
-                    let rows = stmt.query_map(params![c, batch], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
-                    for row in rows {
-                        let (key, state) = row?;
-                        states.insert(key, state);
-                    }
-                }
-                let out = claim_outcomes(&claims, inserted, &states);
+                let out = claim_outcomes(&claims, inserted, &existing);
                 tx.commit()?;
                 Ok(out)
             })
@@ -608,33 +617,35 @@ impl Store for SqliteStore {
         owner: &str,
         settled: &[(LedgerKey, Settlement)],
     ) -> Result<(), StoreError> {
-        let (c, o, settled) = (campaign.to_string(), owner.to_string(), settled.to_vec());
+        // Message ids name their campaign.
+        let _ = campaign;
+        let (o, settled) = (owner.to_string(), settled.to_vec());
         self.ledger
             .call(move |conn| {
                 let tx = conn.transaction()?;
-                settle_batch(&tx, &c, Some(&o), &settled)?;
+                settle_batch(&tx, Some(&o), &settled)?;
                 tx.commit()
             })
             .await
             .map_err(err)
     }
 
-    async fn unsettled(&self, campaign: &str, owner: &str) -> Result<Vec<Unsettled>, StoreError> {
+    async fn unsettled(&self, campaign: &str, owner: &str) -> Result<Vec<LedgerKey>, StoreError> {
         let (c, o) = (campaign.to_string(), owner.to_string());
+        let (low, high) = campaign_id_range(campaign);
         self.ledger
             .call(move |conn| {
                 let mut stmt = conn.prepare(
-                    "SELECT recipient_id, message_key, message_id FROM ledger
-                     WHERE campaign = ?1 AND state = 'claimed' AND owner <> ?2
+                    "SELECT message_id, recipient_id, message_key FROM ledger
+                     WHERE message_id >= ?4 AND message_id < ?5 AND campaign = ?1
+                       AND state = 'claimed' AND owner <> ?2
                        AND NOT EXISTS (SELECT 1 FROM owners WHERE owners.owner = ledger.owner AND lease_until > ?3)",
                 )?;
-                let rows = stmt.query_map(params![c, o, now_ms()], |r| {
-                    Ok(Unsettled {
-                        key: LedgerKey {
-                            recipient_id: r.get(0)?,
-                            message_key: r.get(1)?,
-                        },
-                        message_id: r.get(2)?,
+                let rows = stmt.query_map(params![c, o, now_ms(), low, high], |r| {
+                    Ok(LedgerKey {
+                        message_id: r.get(0)?,
+                        recipient_id: r.get(1)?,
+                        message_key: r.get(2)?,
                     })
                 })?;
                 rows.collect()
@@ -736,11 +747,13 @@ impl Store for SqliteStore {
         campaign: &str,
         resolved: &[(LedgerKey, Settlement)],
     ) -> Result<(), StoreError> {
-        let (c, resolved) = (campaign.to_string(), resolved.to_vec());
+        // Message ids name their campaign.
+        let _ = campaign;
+        let resolved = resolved.to_vec();
         self.ledger
             .call(move |conn| {
                 let tx = conn.transaction()?;
-                settle_batch(&tx, &c, None, &resolved)?;
+                settle_batch(&tx, None, &resolved)?;
                 tx.commit()
             })
             .await
@@ -749,13 +762,15 @@ impl Store for SqliteStore {
 
     async fn ledger_totals(&self, campaign: &str) -> Result<LedgerTotals, StoreError> {
         let c = campaign.to_string();
+        let (low, high) = campaign_id_range(campaign);
         self.ledger
             .call(move |conn| {
-                let mut stmt = conn.prepare(
-                    "SELECT state, COUNT(*) FROM ledger WHERE campaign = ?1 GROUP BY state",
+                let mut stmt = conn.prepare_cached(
+                    "SELECT state, COUNT(*) FROM ledger
+                     WHERE message_id >= ?2 AND message_id < ?3 AND campaign = ?1 GROUP BY state",
                 )?;
                 let mut totals = LedgerTotals::default();
-                let rows = stmt.query_map(params![c], |r| {
+                let rows = stmt.query_map(params![c, low, high], |r| {
                     Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
                 })?;
                 for row in rows {
@@ -966,13 +981,15 @@ impl Store for SqliteStore {
 
     async fn ledger_breakdown(&self, campaign: &str) -> Result<Vec<LedgerBreakdown>, StoreError> {
         let c = campaign.to_string();
+        let (low, high) = campaign_id_range(campaign);
         self.ledger
             .call(move |conn| {
-                let mut stmt = conn.prepare(
-                    "SELECT message_key, state, COUNT(*) FROM ledger WHERE campaign = ?1
+                let mut stmt = conn.prepare_cached(
+                    "SELECT message_key, state, COUNT(*) FROM ledger
+                     WHERE message_id >= ?2 AND message_id < ?3 AND campaign = ?1
                      GROUP BY message_key, state ORDER BY message_key, state",
                 )?;
-                let rows = stmt.query_map(params![c], |r| {
+                let rows = stmt.query_map(params![c, low, high], |r| {
                     Ok(LedgerBreakdown {
                         message_key: r.get(0)?,
                         state: r.get(1)?,
@@ -993,14 +1010,16 @@ impl Store for SqliteStore {
     ) -> Result<Vec<(i64, String, u64)>, StoreError> {
         let c = campaign.to_string();
         let bucket = bucket_ms.max(1);
+        let (low, high) = campaign_id_range(campaign);
         self.ledger
             .call(move |conn| {
                 let mut stmt = conn.prepare_cached(
                     "SELECT (updated_at / ?3) * ?3 AS b, message_key, COUNT(*) FROM ledger
-                     WHERE campaign = ?1 AND state = 'delivered' AND updated_at >= ?2
+                     WHERE message_id >= ?4 AND message_id < ?5 AND campaign = ?1
+                       AND state = 'delivered' AND updated_at >= ?2
                      GROUP BY b, message_key ORDER BY b, message_key",
                 )?;
-                let rows = stmt.query_map(params![c, since, bucket], |r| {
+                let rows = stmt.query_map(params![c, since, bucket, low, high], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
                         r.get::<_, String>(1)?,
@@ -1019,7 +1038,7 @@ impl Store for SqliteStore {
             .call(move |conn| {
                 conn.query_row(
                     "SELECT campaign, recipient_id, message_key, message_id, state, updated_at
-                     FROM ledger WHERE message_id = ?1 LIMIT 1",
+                     FROM ledger WHERE message_id = ?1",
                     params![m],
                     sent_row,
                 )
@@ -1223,15 +1242,17 @@ impl Store for SqliteStore {
         since: i64,
     ) -> Result<crate::schedule::Outcomes, StoreError> {
         let c = campaign.to_string();
+        let (low, high) = campaign_id_range(campaign);
         let mut o: crate::schedule::Outcomes = self
             .ledger
             .call(move |conn| {
                 let mut o = crate::schedule::Outcomes::default();
                 let mut stmt = conn.prepare_cached(
-                    "SELECT state, COUNT(*) FROM ledger WHERE campaign = ?1 AND updated_at >= ?2
+                    "SELECT state, COUNT(*) FROM ledger
+                     WHERE message_id >= ?3 AND message_id < ?4 AND campaign = ?1 AND updated_at >= ?2
                        AND state IN ('delivered', 'failed') GROUP BY state",
                 )?;
-                let rows = stmt.query_map(params![c, since], |r| {
+                let rows = stmt.query_map(params![c, since, low, high], |r| {
                     Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
                 })?;
                 for row in rows {
@@ -1631,5 +1652,40 @@ mod tests {
             (4, 2000, "h1")
         );
         assert_eq!(s.rejects("c").await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_ledger_of_the_older_layout_keeps_what_it_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // As written by a squall of the previous layout: keyed by
+            // (campaign, recipient, message), message ids hashed.
+            let ledger = rusqlite::Connection::open(dir.path().join("ledger.sqlite")).unwrap();
+            ledger
+                .execute_batch(
+                    "CREATE TABLE ledger (
+                        campaign TEXT NOT NULL, recipient_id TEXT NOT NULL, message_key TEXT NOT NULL,
+                        message_id TEXT NOT NULL,
+                        state TEXT NOT NULL CHECK (state IN ('claimed', 'delivered', 'failed', 'in_doubt', 'suppressed')),
+                        owner TEXT NOT NULL, detail TEXT, updated_at INTEGER NOT NULL,
+                        PRIMARY KEY (campaign, recipient_id, message_key)
+                     ) WITHOUT ROWID;
+                     CREATE INDEX ledger_by_message ON ledger (message_id);
+                     INSERT INTO ledger VALUES
+                       ('c', 'r7', 'vip/a', 'old-1', 'delivered', 'run0', NULL, 1),
+                       ('c', 'r8', 'vip/a', 'old-2', 'failed', 'run0', '550', 2);",
+                )
+                .unwrap();
+            let ids = rusqlite::Connection::open(dir.path().join("audience-ids.sqlite")).unwrap();
+            ids.execute_batch(IDS_SCHEMA).unwrap();
+            ids.execute_batch("INSERT INTO audience_ids VALUES ('c', 'r7', 7), ('c', 'r8', 8);")
+                .unwrap();
+        }
+        let s = SqliteStore::open(dir.path()).unwrap();
+        crate::store::contract::the_converted_older_ledger_keeps_what_it_settled(&s).await;
+        drop(s);
+        // Opening it again converts nothing more.
+        let s = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(s.ledger_totals("c").await.unwrap().delivered, 1);
     }
 }
