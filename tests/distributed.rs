@@ -20,7 +20,10 @@ struct Deployment {
     /// The SQS server, when the deployment uses SQS.
     moto: Option<Child>,
     workers: Vec<(String, Child)>,
-    /// Held until the workers are gone (fields drop after `drop`).
+    /// The PostgreSQL database, when the deployment uses one: dropped
+    /// after the workers are gone (fields drop after `drop`).
+    _database: Option<DropDatabase>,
+    /// Held until the workers are gone.
     _machine: MachineTurn,
 }
 
@@ -57,7 +60,8 @@ impl Drop for Deployment {
     }
 }
 
-fn postgres_database() -> Option<String> {
+/// A fresh database on the test server: (its URL, a guard that drops it).
+fn postgres_database() -> Option<(String, DropDatabase)> {
     let Ok(server) = std::env::var("SQUALL_TEST_POSTGRES") else {
         assert!(
             std::env::var("CI").is_err(),
@@ -73,7 +77,28 @@ fn postgres_database() -> Option<String> {
         .status()
         .expect("psql");
     assert!(status.success(), "cannot create the test database");
-    Some(format!("{}/{name}", server.trim_end_matches('/')))
+    let server = server.trim_end_matches('/').to_string();
+    Some((format!("{server}/{name}"), DropDatabase { server, name }))
+}
+
+/// Drops a test database (its connections with it) when dropped.
+struct DropDatabase {
+    server: String,
+    name: String,
+}
+
+impl Drop for DropDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .arg(format!("{}/postgres", self.server))
+            .args([
+                "-q",
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .stdout(Stdio::null())
+            .status();
+    }
 }
 
 fn rand_u64() -> u64 {
@@ -120,7 +145,7 @@ impl Deployment {
     }
 
     fn sqs(batch_size: usize, alone: bool) -> Option<Deployment> {
-        let db = postgres_database()?;
+        let (db, database) = postgres_database()?;
         let machine = machine_turn(alone);
         let port = free_port();
         let moto = start_moto(port);
@@ -154,6 +179,7 @@ batch_size = {batch_size}
             config,
             moto: Some(moto),
             workers: Vec::new(),
+            _database: Some(database),
             _machine: machine,
         };
         let out = d.squall(&["queues", "create"]).output().unwrap();
@@ -181,6 +207,7 @@ batch_size = {batch_size}
             config,
             moto: None,
             workers: Vec::new(),
+            _database: None,
             _machine: machine,
         }
     }
