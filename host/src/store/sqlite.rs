@@ -402,28 +402,29 @@ impl Store for SqliteStore {
         let (c, ids) = (campaign.to_string(), ids.to_vec());
         self.ids
             .call(move |conn| {
-                // One statement for the batch, as for the ledger: rows go in
-                // in order, so within a batch the first line of an id wins.
-                let batch = serde_json::Value::Array(
-                    ids.iter().map(|(id, line)| serde_json::json!([id, line])).collect(),
-                )
-                .to_string();
+                // One prepared insert per id; the first line is read back
+                // only for an id that was there already (a re-read after a
+                // restart, or a duplicate), so a fresh audience costs one
+                // statement per recipient.
                 let tx = conn.transaction()?;
-                tx.prepare_cached(
-                    "INSERT INTO audience_ids (campaign, recipient_id, line)
-                     SELECT ?1, value ->> 0, value ->> 1 FROM json_each(?2) WHERE true
-                     ON CONFLICT DO NOTHING",
-                )?
-                .execute(params![c, batch])?;
-                let first: HashMap<String, u64> = tx
-                    .prepare_cached(
-                        "SELECT recipient_id, line FROM audience_ids
-                         WHERE campaign = ?1 AND recipient_id IN (SELECT value ->> 0 FROM json_each(?2))",
-                    )?
-                    .query_map(params![c, batch], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-                    })?
-                    .collect::<rusqlite::Result<_>>()?;
+                let mut first: HashMap<String, u64> = HashMap::new();
+                {
+                    let mut insert = tx.prepare_cached(
+                        "INSERT INTO audience_ids (campaign, recipient_id, line) VALUES (?1, ?2, ?3)
+                         ON CONFLICT DO NOTHING",
+                    )?;
+                    let mut line_of = tx.prepare_cached(
+                        "SELECT line FROM audience_ids WHERE campaign = ?1 AND recipient_id = ?2",
+                    )?;
+                    for (id, line) in &ids {
+                        if insert.execute(params![c, id, *line as i64])? == 0
+                            && !first.contains_key(id)
+                        {
+                            let l: i64 = line_of.query_row(params![c, id], |r| r.get(0))?;
+                            first.insert(id.clone(), l as u64);
+                        }
+                    }
+                }
                 tx.commit()?;
                 Ok(duplicates(&ids, &first))
             })
