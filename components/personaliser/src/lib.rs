@@ -1,6 +1,13 @@
 //! The default personaliser component: Liquid templates.
 //! A thin adapter from the WIT types to `squall-pipeline-core`.
 
+// Talc instead of Rust's default dlmalloc: stages allocate per recipient
+// (records, Liquid objects, rendered strings) and the allocator was a
+// large share of their time (BENCHMARKS.md).
+#[cfg(all(not(target_feature = "atomics"), target_family = "wasm"))]
+#[global_allocator]
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
 wit_bindgen::generate!({ path: "../../wit", world: "personaliser-stage" });
 
 use exports::squall::pipeline::personaliser::{Config, Guest, GuestRenderer, Renderer};

@@ -1,6 +1,13 @@
 //! The default sender component: MIME email, Twilio-style SMS, JSON webhook.
 //! A thin adapter from the WIT types to `squall-pipeline-core`.
 
+// Talc instead of Rust's default dlmalloc: stages allocate per recipient
+// (records, Liquid objects, rendered strings) and the allocator was a
+// large share of their time (BENCHMARKS.md).
+#[cfg(all(not(target_feature = "atomics"), target_family = "wasm"))]
+#[global_allocator]
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
 wit_bindgen::generate!({ path: "../../wit", world: "sender-stage" });
 
 use exports::squall::pipeline::sender::{Builder, Config, Guest, GuestBuilder};
