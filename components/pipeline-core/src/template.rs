@@ -1,7 +1,12 @@
 //! Personalisation with Liquid, the marketing industry's template language
 //! (Shopify, Braze, Mailchimp's Mandrill, Salesforce Marketing Cloud).
 
-use liquid::model::{KString, Object, Value as LiquidValue};
+use std::collections::HashMap;
+use std::fmt;
+
+use liquid::model::{
+    DisplayCow, KString, KStringCow, Object, ObjectView, State, Value as LiquidValue, ValueView,
+};
 use liquid::{Parser, ParserBuilder, Template as Compiled};
 
 use crate::diagnostic::Diagnostic;
@@ -81,7 +86,7 @@ impl Personaliser {
     /// `picks[i]` is the template for `batch.recipients[i]`; each recipient
     /// renders or fails on its own.
     pub fn render(&self, batch: &Batch, picks: &[u32]) -> Vec<Result<Rendered, String>> {
-        let keys: Vec<KString> = batch.columns.iter().map(|c| KString::from_ref(c)).collect();
+        let columns = Columns::of(&batch.columns);
         batch
             .recipients
             .iter()
@@ -91,10 +96,10 @@ impl Personaliser {
                     .templates
                     .get(*pick as usize)
                     .ok_or_else(|| format!("no template #{pick}"))?;
-                let mut globals = Object::new();
-                for (key, value) in keys.iter().zip(&r.values) {
-                    globals.insert(key.clone(), to_liquid(value.as_ref()));
-                }
+                let globals = Fields {
+                    columns: &columns,
+                    values: r.values.iter().map(|v| to_liquid(v.as_ref())).collect(),
+                };
                 let render =
                     |c: &Compiled| c.render(&globals).map_err(|e| one_line(&e.to_string()));
                 Ok(Rendered {
@@ -104,6 +109,109 @@ impl Personaliser {
                 })
             })
             .collect()
+    }
+}
+
+/// A batch's field names, looked up once per batch rather than hashed into
+/// a map of its own for every recipient.
+struct Columns<'a> {
+    names: &'a [String],
+    index: HashMap<&'a str, usize>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(names: &'a [String]) -> Columns<'a> {
+        let index = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i))
+            .collect();
+        Columns { names, index }
+    }
+}
+
+/// One recipient's fields as Liquid's globals: their values in column
+/// order, found through the batch's `Columns`.
+struct Fields<'a> {
+    columns: &'a Columns<'a>,
+    values: Vec<LiquidValue>,
+}
+
+impl Fields<'_> {
+    fn object(&self) -> Object {
+        self.columns
+            .names
+            .iter()
+            .zip(&self.values)
+            .map(|(k, v)| (KString::from_ref(k), v.clone()))
+            .collect()
+    }
+}
+
+impl fmt::Debug for Fields<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.object(), f)
+    }
+}
+
+impl ValueView for Fields<'_> {
+    fn as_debug(&self) -> &dyn fmt::Debug {
+        self
+    }
+    fn render(&self) -> DisplayCow<'_> {
+        DisplayCow::Owned(Box::new(self.object().render().to_string()))
+    }
+    fn source(&self) -> DisplayCow<'_> {
+        DisplayCow::Owned(Box::new(self.object().source().to_string()))
+    }
+    fn type_name(&self) -> &'static str {
+        "object"
+    }
+    fn query_state(&self, state: State) -> bool {
+        match state {
+            State::Truthy => true,
+            State::DefaultValue | State::Empty | State::Blank => self.values.is_empty(),
+        }
+    }
+    fn to_kstr(&self) -> KStringCow<'_> {
+        KStringCow::from_string(self.object().render().to_string())
+    }
+    fn to_value(&self) -> LiquidValue {
+        LiquidValue::Object(self.object())
+    }
+    fn as_object(&self) -> Option<&dyn ObjectView> {
+        Some(self)
+    }
+}
+
+impl ObjectView for Fields<'_> {
+    fn as_value(&self) -> &dyn ValueView {
+        self
+    }
+    fn size(&self) -> i64 {
+        self.values.len() as i64
+    }
+    fn keys<'k>(&'k self) -> Box<dyn Iterator<Item = KStringCow<'k>> + 'k> {
+        Box::new(self.columns.names.iter().map(|n| KStringCow::from_ref(n)))
+    }
+    fn values<'k>(&'k self) -> Box<dyn Iterator<Item = &'k dyn ValueView> + 'k> {
+        Box::new(self.values.iter().map(|v| v.as_view()))
+    }
+    fn iter<'k>(&'k self) -> Box<dyn Iterator<Item = (KStringCow<'k>, &'k dyn ValueView)> + 'k> {
+        Box::new(
+            self.columns
+                .names
+                .iter()
+                .zip(&self.values)
+                .map(|(n, v)| (KStringCow::from_ref(n), v.as_view())),
+        )
+    }
+    fn contains_key(&self, index: &str) -> bool {
+        self.columns.index.contains_key(index)
+    }
+    fn get<'s>(&'s self, index: &str) -> Option<&'s dyn ValueView> {
+        let i = *self.columns.index.get(index)?;
+        self.values.get(i).map(|v| v.as_view())
     }
 }
 
