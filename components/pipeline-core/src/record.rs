@@ -83,6 +83,30 @@ pub struct Batch {
     pub recipients: Vec<Record>,
 }
 
+impl Batch {
+    /// The same batch with only the `fields` named (in that order; a name
+    /// not among the columns is left out): what a stage that reads just
+    /// those fields is sent.
+    pub fn project(&self, fields: &[String]) -> Batch {
+        let keep: Vec<usize> = fields
+            .iter()
+            .filter_map(|f| self.columns.iter().position(|c| c == f))
+            .collect();
+        Batch {
+            campaign: self.campaign.clone(),
+            columns: keep.iter().map(|&i| self.columns[i].clone()).collect(),
+            recipients: self
+                .recipients
+                .iter()
+                .map(|r| Record {
+                    values: keep.iter().map(|&i| r.values[i].clone()).collect(),
+                    ..r.clone()
+                })
+                .collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,6 +54,23 @@ pub struct Segmenter {
     referenced: Vec<String>,
 }
 
+/// Every audience field the rules of `config` read (once each): the
+/// host sends the default segmenter only these. Rules that do not compile
+/// read nothing (they are reported by `compile`).
+pub fn fields_read(config: &SegmenterConfig) -> Vec<String> {
+    let mut read: Vec<String> = Vec::new();
+    for seg in &config.segments {
+        if let Ok(program) = Program::compile(&seg.rule) {
+            for var in program.references().variables() {
+                if config.fields.iter().any(|f| f == var) && !read.iter().any(|r| r == var) {
+                    read.push(var.to_string());
+                }
+            }
+        }
+    }
+    read
+}
+
 impl Segmenter {
     /// Compiles every rule and checks every reference; all problems at once.
     pub fn compile(config: SegmenterConfig) -> Result<Segmenter, Vec<Diagnostic>> {
@@ -256,6 +273,41 @@ mod tests {
 
     fn text(s: &str) -> Option<Value> {
         Some(Value::Text(s.into()))
+    }
+
+    #[test]
+    fn a_batch_of_only_the_fields_read_is_segmented_the_same() {
+        let config = config(
+            &[
+                ("vip", r#"lifetime_value > 500 && country in ["DE", "FR"]"#),
+                ("rest", "subscribed == true || bogus("),
+                ("all", "true"),
+            ],
+            &[(0, "a", 1), (0, "b", 1), (2, "a", 1)],
+        );
+        let read = fields_read(&config);
+        let mut sorted = read.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            ["country", "lifetime_value"],
+            "a broken rule reads nothing"
+        );
+        let full = batch(&[
+            ("1", text("DE"), Some(Value::Number(600.5)), None),
+            (
+                "2",
+                text("DE"),
+                Some(Value::Number(100.0)),
+                Some(Value::Bool(true)),
+            ),
+            ("3", text("FR"), Some(Value::Number(900.0)), None),
+        ]);
+        let mut ok = config.clone();
+        ok.segments.remove(1);
+        ok.messages[2].segment = 1;
+        let seg = Segmenter::compile(ok).unwrap();
+        assert_eq!(seg.assign(&full.project(&read)), seg.assign(&full));
     }
 
     #[test]

@@ -46,6 +46,25 @@ pub struct Personaliser {
     templates: Vec<CompiledTemplate>,
 }
 
+/// Every audience field the templates of `config` read, in first-use
+/// order: the host sends the default personaliser only these.
+pub fn fields_read(config: &PersonaliserConfig) -> Vec<String> {
+    let mut read: Vec<String> = Vec::new();
+    for t in &config.templates {
+        for text in [Some(&t.subject), Some(&t.text), t.html.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            for (name, _, _) in variable_references(text) {
+                if config.fields.contains(&name) && !read.contains(&name) {
+                    read.push(name);
+                }
+            }
+        }
+    }
+    read
+}
+
 impl Personaliser {
     pub fn compile(config: PersonaliserConfig) -> Result<Personaliser, Vec<Diagnostic>> {
         let parser = ParserBuilder::with_stdlib()
@@ -318,6 +337,54 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_batch_of_only_the_fields_read_renders_the_same() {
+        let templates = [
+            "{{ first_name | default: 'there' }} {% assign v = lifetime_value %}{{ v }}",
+            "{% if lifetime_value > 500 %}VIP {{ first_name | upcase }}{% endif %}",
+        ];
+        let config = PersonaliserConfig {
+            campaign: "c".into(),
+            fields: vec![
+                "country".into(),
+                "first_name".into(),
+                "lifetime_value".into(),
+                "orders".into(),
+            ],
+            templates: vec![Template {
+                key: "vip/a".into(),
+                subject: templates[0].into(),
+                text: templates[1].into(),
+                html: Some("<p>{{ orders }}</p>".into()),
+            }],
+        };
+        let read = fields_read(&config);
+        assert_eq!(read, ["first_name", "lifetime_value", "orders"]);
+        let full = Batch {
+            campaign: "c".into(),
+            columns: config.fields.clone(),
+            recipients: (0..4)
+                .map(|i| Record {
+                    line: i,
+                    id: i.to_string(),
+                    address: format!("{i}@x.test"),
+                    values: vec![
+                        Some(Value::Text("DE".into())),
+                        (i % 2 == 0).then(|| Value::Text(format!("Ann{i}"))),
+                        Some(Value::Number(400.0 + 100.0 * i as f64)),
+                        Some(Value::Number(i as f64)),
+                    ],
+                })
+                .collect(),
+        };
+        let p = Personaliser::compile(config).unwrap();
+        let picks = [0; 4];
+        assert_eq!(
+            p.render(&full.project(&read), &picks),
+            p.render(&full, &picks)
+        );
     }
 
     #[test]

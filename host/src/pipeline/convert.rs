@@ -5,21 +5,27 @@ use squall_pipeline_core::{Record, Value};
 
 use crate::runtime::wit_types as wit;
 
+fn value_to_wit(v: Option<Value>) -> Option<wit::Value> {
+    v.map(|v| match v {
+        Value::Text(s) => wit::Value::Text(s),
+        Value::Number(n) => wit::Value::Number(n),
+        Value::Bool(b) => wit::Value::Boolean(b),
+    })
+}
+
+fn value_from_wit(v: Option<wit::Value>) -> Option<Value> {
+    v.map(|v| match v {
+        wit::Value::Text(s) => Value::Text(s),
+        wit::Value::Number(n) => Value::Number(n),
+        wit::Value::Boolean(b) => Value::Bool(b),
+    })
+}
+
 pub fn to_wit(r: Record) -> wit::Recipient {
     wit::Recipient {
         id: r.id,
         address: r.address,
-        values: r
-            .values
-            .into_iter()
-            .map(|v| {
-                v.map(|v| match v {
-                    Value::Text(s) => wit::Value::Text(s),
-                    Value::Number(n) => wit::Value::Number(n),
-                    Value::Bool(b) => wit::Value::Boolean(b),
-                })
-            })
-            .collect(),
+        values: r.values.into_iter().map(value_to_wit).collect(),
     }
 }
 
@@ -29,17 +35,62 @@ pub fn from_wit(r: wit::Recipient) -> Record {
         line: 0,
         id: r.id,
         address: r.address,
-        values: r
-            .values
-            .into_iter()
-            .map(|v| {
-                v.map(|v| match v {
-                    wit::Value::Text(s) => Value::Text(s),
-                    wit::Value::Number(n) => Value::Number(n),
-                    wit::Value::Boolean(b) => Value::Bool(b),
-                })
-            })
+        values: r.values.into_iter().map(value_from_wit).collect(),
+    }
+}
+
+/// The columns a stage is sent, and which of the batch's they are (`None`:
+/// all of them), for a stage that reads only `reads`.
+pub fn lent_columns(
+    columns: &[String],
+    reads: Option<&[String]>,
+) -> (Vec<String>, Option<Vec<usize>>) {
+    match reads {
+        None => (columns.to_vec(), None),
+        Some(reads) => {
+            let keep: Vec<usize> = (0..columns.len())
+                .filter(|&i| reads.contains(&columns[i]))
+                .collect();
+            (
+                keep.iter().map(|&i| columns[i].clone()).collect(),
+                Some(keep),
+            )
+        }
+    }
+}
+
+/// Moves a record's id, address and the values at `keep` (every value:
+/// `None`) into its WIT form for a stage call; `give_back` returns them.
+/// Nothing is copied on this side of the boundary.
+pub fn lend(r: &mut Record, keep: Option<&[usize]>) -> wit::Recipient {
+    let values = match keep {
+        None => std::mem::take(&mut r.values),
+        Some(keep) => keep
+            .iter()
+            .map(|&i| r.values.get_mut(i).and_then(Option::take))
             .collect(),
+    };
+    wit::Recipient {
+        id: std::mem::take(&mut r.id),
+        address: std::mem::take(&mut r.address),
+        values: values.into_iter().map(value_to_wit).collect(),
+    }
+}
+
+/// Puts back what `lend` moved out of `r`.
+pub fn give_back(r: &mut Record, lent: wit::Recipient, keep: Option<&[usize]>) {
+    r.id = lent.id;
+    r.address = lent.address;
+    let values = lent.values.into_iter().map(value_from_wit);
+    match keep {
+        None => r.values = values.collect(),
+        Some(keep) => {
+            for (&i, v) in keep.iter().zip(values) {
+                if let Some(slot) = r.values.get_mut(i) {
+                    *slot = v;
+                }
+            }
+        }
     }
 }
 
@@ -91,5 +142,43 @@ pub fn request_from_wit(r: wit::DeliveryRequest) -> squall_pipeline_core::messag
             headers: h.headers,
             body: h.body,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lent_fields_come_back_where_they_were() {
+        let record = Record {
+            line: 7,
+            id: "r1".into(),
+            address: "a@x.test".into(),
+            values: vec![
+                Some(Value::Text("DE".into())),
+                None,
+                Some(Value::Number(2.5)),
+                Some(Value::Bool(true)),
+            ],
+        };
+        let columns: Vec<String> = ["country", "name", "ltv", "vip"].map(String::from).into();
+        let reads = vec![
+            "vip".to_string(),
+            "country".to_string(),
+            "unknown".to_string(),
+        ];
+        for reads in [None, Some(reads.as_slice())] {
+            let (sent, keep) = lent_columns(&columns, reads);
+            let mut r = record.clone();
+            let lent = lend(&mut r, keep.as_deref());
+            assert_eq!(lent.values.len(), sent.len());
+            if reads.is_some() {
+                assert_eq!(sent, ["country", "vip"]);
+                assert!(matches!(lent.values[1], Some(wit::Value::Boolean(true))));
+            }
+            give_back(&mut r, lent, keep.as_deref());
+            assert_eq!(r, record);
+        }
     }
 }

@@ -82,6 +82,29 @@ pub fn core_personaliser_config(c: &Campaign) -> template::PersonaliserConfig {
     }
 }
 
+/// The fields the built-in segmenter and personaliser read, when the
+/// campaign uses them: batches cross into those stages carrying only these
+/// (moved, never copied), since lowering every field of every recipient
+/// into a component's memory was much of a stage's cost. A plugin's reads
+/// are unknown, so a plugin is sent every field (`None`).
+#[derive(Debug, Clone, Default)]
+pub struct StageReads {
+    pub segment: Option<Vec<String>>,
+    pub personalise: Option<Vec<String>>,
+}
+
+pub fn stage_reads(c: &Campaign) -> StageReads {
+    let built_in = |s: &crate::runtime::ComponentSource| {
+        matches!(s, crate::runtime::ComponentSource::Embedded { .. })
+    };
+    StageReads {
+        segment: built_in(&c.stages.segmenter)
+            .then(|| segment::fields_read(&core_segmenter_config(c))),
+        personalise: built_in(&c.stages.personaliser)
+            .then(|| template::fields_read(&core_personaliser_config(c))),
+    }
+}
+
 pub fn core_sender_config(c: &Campaign) -> message::SenderConfig {
     let d = &c.file.delivery;
     message::SenderConfig {

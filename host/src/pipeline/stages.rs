@@ -11,7 +11,9 @@ use squall_pipeline_core::record::{Record, Value};
 use squall_pipeline_core::template::Rendered;
 
 use super::control::{self, ControlView};
-use super::convert::{from_wit, outgoing_from_wit, outgoing_to_wit, request_from_wit, to_wit};
+use super::convert::{
+    give_back, lend, lent_columns, outgoing_from_wit, outgoing_to_wit, request_from_wit,
+};
 use super::counters::RunCounters;
 use super::envelope::{Envelope, PersonaliseEnvelope, Placed, SegmentEnvelope, SendEnvelope};
 use super::recovery::settle_in_doubt;
@@ -56,6 +58,8 @@ pub struct Shared {
     /// Shared rates each send batch takes a turn on, in order, parked in
     /// the store while a turn is far off (see `hold_for_turns`).
     pub turns: Vec<SharedTurn>,
+    /// The fields the segment and personalise stages are sent.
+    pub reads: Arc<super::prepare::StageReads>,
 }
 
 /// A rate in the store a send batch takes its turn on.
@@ -105,6 +109,7 @@ impl Shared {
                 tracking_key,
             )),
             controls: Arc::new(ControlView::new(campaign.id())),
+            reads: Arc::new(super::prepare::stage_reads(campaign)),
             timing: Arc::new(campaign.timing.clone()),
             timezone_field: campaign.timezone_field.clone(),
             consent_field: campaign
@@ -311,12 +316,17 @@ impl SegmentProcessor {
                 yes
             });
         }
-        // Audience lines stay on this side of the boundary.
-        let lines: Vec<u64> = env.items.iter().map(|r| r.line).collect();
+        // The stage is lent the fields it reads; the records keep the rest
+        // (and their audience lines) on this side of the boundary.
+        let mut records = env.items;
+        let (columns, keep) = lent_columns(&env.columns, self.shared.reads.segment.as_deref());
         let batch = wit::RecipientBatch {
             campaign: env.campaign.clone(),
-            columns: env.columns.clone(),
-            recipients: env.items.into_iter().map(to_wit).collect(),
+            columns,
+            recipients: records
+                .iter_mut()
+                .map(|r| lend(r, keep.as_deref()))
+                .collect(),
         };
         let (stage, batch, result, cpu_us) =
             blocking(self.stage.take().expect("stage in hand"), batch, |s, b| {
@@ -324,9 +334,12 @@ impl SegmentProcessor {
             })
             .await;
         self.stage = Some(stage);
+        for (r, lent) in records.iter_mut().zip(batch.recipients) {
+            give_back(r, lent, keep.as_deref());
+        }
         RunCounters::add(&self.shared.counters.segment_busy_us, cpu_us);
         let assignments = result.map_err(|e| retry(e, n))?;
-        if assignments.len() != batch.recipients.len() {
+        if assignments.len() != records.len() {
             return Err(miscounted("segmenter", assignments.len(), "assignments", n));
         }
         let mut stats = BatchStats {
@@ -334,8 +347,8 @@ impl SegmentProcessor {
             no_consent,
             ..Default::default()
         };
-        let mut placed = Vec::with_capacity(batch.recipients.len());
-        for ((recipient, a), line) in batch.recipients.into_iter().zip(assignments).zip(lines) {
+        let mut placed = Vec::with_capacity(records.len());
+        for (recipient, a) in records.into_iter().zip(assignments) {
             match a {
                 wit::Assignment::Unsegmented => stats.unsegmented += 1,
                 wit::Assignment::Assigned(p) => {
@@ -377,10 +390,7 @@ impl SegmentProcessor {
                         .entry(format!("{segment}/{shown}"))
                         .or_default() += 1;
                     placed.push(Placed {
-                        record: Record {
-                            line,
-                            ..from_wit(recipient)
-                        },
+                        record: recipient,
                         segment: segment.clone(),
                         variant: variant.clone(),
                         message: p.message,
@@ -389,7 +399,7 @@ impl SegmentProcessor {
                 }
             }
         }
-        let mut out = Envelope::new(&env.campaign, env.batch.clone(), batch.columns, placed);
+        let mut out = Envelope::new(&env.campaign, env.batch.clone(), env.columns, placed);
         out.wave = env.wave;
         forward(&self.shared, "segment", &self.next_queue, out).await?;
         self.shared
@@ -524,21 +534,26 @@ impl PersonaliseProcessor {
         let n = env.items.len() as u64;
         let picks: Vec<u32> = env.items.iter().map(|p| p.message).collect();
         let mut meta = Vec::with_capacity(env.items.len());
-        let mut recipients = Vec::with_capacity(env.items.len());
+        let mut records = Vec::with_capacity(env.items.len());
         for p in env.items {
-            // Audience lines stay on this side of the boundary.
-            meta.push((p.segment, p.variant, p.record.line));
-            recipients.push(to_wit(p.record));
+            meta.push((p.segment, p.variant));
+            records.push(p.record);
         }
         let zone_column = self
             .shared
             .timezone_field
             .as_ref()
             .and_then(|f| env.columns.iter().position(|c| c == f));
+        // The stage is lent the fields it reads; the records keep the rest
+        // (and their audience lines) on this side of the boundary.
+        let (columns, keep) = lent_columns(&env.columns, self.shared.reads.personalise.as_deref());
         let batch = wit::RecipientBatch {
             campaign: env.campaign.clone(),
-            columns: env.columns,
-            recipients,
+            columns,
+            recipients: records
+                .iter_mut()
+                .map(|r| lend(r, keep.as_deref()))
+                .collect(),
         };
         let (stage, (batch, _), result, cpu_us) = blocking(
             self.stage.take().expect("stage in hand"),
@@ -547,9 +562,12 @@ impl PersonaliseProcessor {
         )
         .await;
         self.stage = Some(stage);
+        for (r, lent) in records.iter_mut().zip(batch.recipients) {
+            give_back(r, lent, keep.as_deref());
+        }
         RunCounters::add(&self.shared.counters.personalise_busy_us, cpu_us);
         let rendered = result.map_err(|e| retry(e, n))?;
-        if rendered.len() != batch.recipients.len() {
+        if rendered.len() != records.len() {
             return Err(miscounted("personaliser", rendered.len(), "messages", n));
         }
         let mut out = Vec::with_capacity(rendered.len());
@@ -557,20 +575,12 @@ impl PersonaliseProcessor {
             recipients: n,
             ..Default::default()
         };
-        for ((recipient, (segment, variant, line)), r) in
-            batch.recipients.into_iter().zip(meta).zip(rendered)
-        {
+        for ((recipient, (segment, variant)), r) in records.into_iter().zip(meta).zip(rendered) {
             let key = format!("{segment}/{variant}");
-            let as_read = |recipient: &wit::Recipient| {
-                serde_json::to_string(&Record {
-                    line,
-                    ..from_wit(recipient.clone())
-                })
-                .unwrap_or_default()
-            };
+            let as_read = |recipient: &Record| serde_json::to_string(recipient).unwrap_or_default();
             match r {
                 Ok(m) => {
-                    let id = message_id(&env.campaign, line, &recipient.id, &key);
+                    let id = message_id(&env.campaign, recipient.line, &recipient.id, &key);
                     let reference = MessageRef {
                         campaign: env.campaign.clone(),
                         message_id: id.clone(),
@@ -603,7 +613,7 @@ impl PersonaliseProcessor {
                         continue;
                     }
                     let timezone = zone_column.and_then(|i| match recipient.values.get(i) {
-                        Some(Some(wit::Value::Text(z))) => Some(z.clone()),
+                        Some(Some(Value::Text(z))) => Some(z.clone()),
                         _ => None,
                     });
                     out.push(Outgoing {
