@@ -123,7 +123,11 @@ impl Segmenter {
                             &source,
                             line,
                             column,
-                            format!("syntax error: {}", e.msg),
+                            // cel-parser's own text may already say so.
+                            format!(
+                                "syntax error: {}",
+                                e.msg.strip_prefix("Syntax error: ").unwrap_or(&e.msg)
+                            ),
                         ));
                     }
                 }
@@ -417,8 +421,9 @@ mod tests {
         .err()
         .unwrap();
         assert!(
-            errs.iter()
-                .any(|d| d.source == "segment[0].rule" && d.message.starts_with("syntax error")),
+            errs.iter().any(|d| d.source == "segment[0].rule"
+                && d.message.starts_with("syntax error")
+                && !d.message.to_lowercase()["syntax error".len()..].contains("syntax error")),
             "{errs:?}"
         );
         let unknown = errs.iter().find(|d| d.source == "segment[1].rule").unwrap();
