@@ -20,6 +20,10 @@ const COMPONENTS: &[(&str, &str)] = &[
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.parent().unwrap().to_path_buf();
+    // Relative to this package (cargo resolves them against the package
+    // root of the build at hand): build units are shared by checkouts that
+    // share a target dir, and absolute paths would keep watching whichever
+    // checkout ran the script last.
     for watched in [
         "wit",
         "components",
@@ -28,7 +32,7 @@ fn main() {
         "Cargo.lock",
         "Cargo.toml",
     ] {
-        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+        println!("cargo:rerun-if-changed=../{watched}");
     }
     let target_dir = env::var_os("SQUALL_WASM_TARGET_DIR")
         .map(PathBuf::from)
