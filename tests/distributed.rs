@@ -60,59 +60,6 @@ impl Drop for Deployment {
     }
 }
 
-/// A fresh database on the test server: (its URL, a guard that drops it).
-fn postgres_database() -> Option<(String, DropDatabase)> {
-    let Ok(server) = std::env::var("SQUALL_TEST_POSTGRES") else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must set SQUALL_TEST_POSTGRES"
-        );
-        eprintln!("skipped: SQUALL_TEST_POSTGRES is not set");
-        return None;
-    };
-    let name = format!("squall_e2e_{:016x}", rand_u64());
-    let status = Command::new("psql")
-        .arg(format!("{}/postgres", server.trim_end_matches('/')))
-        .args(["-q", "-c", &format!("CREATE DATABASE {name}")])
-        .status()
-        .expect("psql");
-    assert!(status.success(), "cannot create the test database");
-    let server = server.trim_end_matches('/').to_string();
-    Some((format!("{server}/{name}"), DropDatabase { server, name }))
-}
-
-/// Drops a test database (its connections with it) when dropped.
-struct DropDatabase {
-    server: String,
-    name: String,
-}
-
-impl Drop for DropDatabase {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .arg(format!("{}/postgres", self.server))
-            .args([
-                "-q",
-                "-c",
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            ])
-            .stdout(Stdio::null())
-            .status();
-    }
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
-    );
-    h.finish()
-}
-
 fn start_moto(port: u16) -> Child {
     let child = Command::new("moto_server")
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])

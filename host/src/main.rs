@@ -882,10 +882,13 @@ fn progress_bar(c: &Campaign) -> Option<Arc<indicatif::ProgressBar>> {
     }
     let total = squall::audience::estimate_rows(&c.audience);
     let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {human_pos}/{human_len} recipients, eta {eta} · {msg}")
-            .expect("valid template"),
-    );
+    // A query's row count is unknown until it has run: count, no total.
+    let template = if total == 0 {
+        "{spinner} [{elapsed_precise}] {human_pos} recipients · {msg}"
+    } else {
+        "{spinner} [{elapsed_precise}] {bar:40} {human_pos}/{human_len} recipients, eta {eta} · {msg}"
+    };
+    bar.set_style(indicatif::ProgressStyle::with_template(template).expect("valid template"));
     Some(Arc::new(bar))
 }
 

@@ -292,3 +292,62 @@ from = "shop"
     .unwrap();
     path
 }
+
+/// A fresh database on the test PostgreSQL server (`SQUALL_TEST_POSTGRES`,
+/// a server URL): its URL, and a guard that drops it (connections and all)
+/// when dropped, so a shared server is not left a database per test.
+/// `None`, said on stderr, when the variable is not set (never in CI).
+pub fn postgres_database() -> Option<(String, DropDatabase)> {
+    let Ok(server) = std::env::var("SQUALL_TEST_POSTGRES") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must set SQUALL_TEST_POSTGRES"
+        );
+        eprintln!("skipped: SQUALL_TEST_POSTGRES is not set");
+        return None;
+    };
+    let name = format!("squall_e2e_{:016x}", rand::random::<u64>());
+    let server = server.trim_end_matches('/').to_string();
+    let status = Command::new("psql")
+        .arg(format!("{server}/postgres"))
+        .args(["-q", "-c", &format!("CREATE DATABASE {name}")])
+        .status()
+        .expect("psql");
+    assert!(status.success(), "cannot create the test database");
+    Some((format!("{server}/{name}"), DropDatabase { server, name }))
+}
+
+pub struct DropDatabase {
+    server: String,
+    name: String,
+}
+
+impl Drop for DropDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .arg(format!("{}/postgres", self.server))
+            .args([
+                "-q",
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+/// Runs SQL on the database at `url` through psql; panics with its
+/// message if it fails.
+pub fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .arg(url)
+        .args(["-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

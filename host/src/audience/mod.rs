@@ -11,6 +11,7 @@ mod address;
 mod address_list;
 mod csv;
 mod jsonl;
+mod postgres;
 mod typing;
 
 use std::collections::BTreeMap;
@@ -43,12 +44,26 @@ impl Format {
 
 #[derive(Debug, Clone)]
 pub struct AudienceSpec {
+    /// The file; for a PostgreSQL audience, a name for messages.
     pub path: PathBuf,
     pub format: Format,
+    /// Set for `source = "postgres"`: rows come from this query.
+    pub postgres: Option<PostgresSource>,
+    /// The fields, in order, when they are known rather than read from the
+    /// file (a snapshot of a PostgreSQL audience).
+    pub columns: Option<Vec<String>>,
     pub id_field: String,
     pub address_field: String,
     pub declared: BTreeMap<String, FieldType>,
     pub channel: Channel,
+}
+
+/// Where a PostgreSQL audience comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresSource {
+    pub query: String,
+    /// The environment variable that holds the database URL.
+    pub url_env: String,
 }
 
 /// A valid audience row.
@@ -95,6 +110,8 @@ pub enum AudienceError {
     NoHeader { path: PathBuf },
     #[error("audience {path}: column `{column}` appears twice in the header")]
     DuplicateColumn { path: PathBuf, column: String },
+    #[error("PostgreSQL audience: {0}")]
+    Postgres(String),
     #[error("audience {path} has no `{field}` field ({role}); its fields are: {fields}")]
     MissingField {
         path: PathBuf,
@@ -111,6 +128,7 @@ pub const JSONL_SAMPLE_LINES: usize = 1000;
 enum Inner {
     Csv(csv::CsvRows),
     Jsonl(jsonl::JsonlRows),
+    Postgres(postgres::PostgresRows),
 }
 
 pub struct AudienceReader {
@@ -120,6 +138,13 @@ pub struct AudienceReader {
 
 impl AudienceReader {
     pub fn open(spec: &AudienceSpec) -> Result<AudienceReader, AudienceError> {
+        if let Some(source) = &spec.postgres {
+            let rows = postgres::PostgresRows::open(spec, source)?;
+            return Ok(AudienceReader {
+                columns: rows.columns().to_vec(),
+                inner: Inner::Postgres(rows),
+            });
+        }
         let io = |source| AudienceError::Io {
             path: spec.path.clone(),
             source,
@@ -132,7 +157,10 @@ impl AudienceReader {
                 (rows.columns().to_vec(), Inner::Csv(rows))
             }
             Format::Jsonl => {
-                let columns = jsonl::sample_columns(spec)?;
+                let columns = match &spec.columns {
+                    Some(c) => c.clone(),
+                    None => jsonl::sample_columns(spec)?,
+                };
                 (
                     columns.clone(),
                     Inner::Jsonl(jsonl::JsonlRows::new(spec, columns, reader)?),
@@ -168,13 +196,73 @@ impl Iterator for AudienceReader {
         match &mut self.inner {
             Inner::Csv(r) => r.next(),
             Inner::Jsonl(r) => r.next(),
+            Inner::Postgres(r) => r.next(),
         }
     }
+}
+
+/// A PostgreSQL audience's fields: the id and address fields, then the
+/// declared ones (it declares them all).
+pub fn postgres_columns(spec: &AudienceSpec) -> Vec<String> {
+    let mut columns = vec![spec.id_field.clone()];
+    if spec.address_field != spec.id_field {
+        columns.push(spec.address_field.clone());
+    }
+    for name in spec.declared.keys() {
+        if !columns.contains(name) {
+            columns.push(name.clone());
+        }
+    }
+    columns
+}
+
+/// The audience a run reads. A file is read as it is. A PostgreSQL
+/// audience is a live table: before a run starts it is read once, whole,
+/// into `path` (JSONL, one row a line, in id order) and the run reads that,
+/// so a restart resumes on exactly the rows it started with, whatever the
+/// table has become since. An existing snapshot is reused; one is written
+/// to a temporary file and renamed, so a half-written one is never read.
+pub fn snapshot(spec: &AudienceSpec, path: &Path) -> Result<AudienceSpec, AudienceError> {
+    let Some(source) = &spec.postgres else {
+        return Ok(spec.clone());
+    };
+    let columns = postgres_columns(spec);
+    if !path.exists() {
+        let io = |source| AudienceError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut rows = postgres::RowStream::open(spec, source)?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let tmp = path.with_extension("jsonl.partial");
+        let file = std::fs::File::create(&tmp).map_err(io)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        while let Some(values) = rows.next_values() {
+            let line = postgres::as_json(&columns, &values?);
+            std::io::Write::write_all(&mut out, line.as_bytes()).map_err(io)?;
+            std::io::Write::write_all(&mut out, b"\n").map_err(io)?;
+        }
+        let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)?;
+    }
+    Ok(AudienceSpec {
+        path: path.to_path_buf(),
+        format: Format::Jsonl,
+        postgres: None,
+        columns: Some(columns),
+        ..spec.clone()
+    })
 }
 
 /// Counts data rows cheaply (newlines), for a progress bar's total. CSV
 /// fields with embedded newlines make it an estimate; it is never a limit.
 pub fn estimate_rows(spec: &AudienceSpec) -> u64 {
+    if spec.postgres.is_some() {
+        return 0; // unknown until the query has run
+    }
     let Ok(file) = std::fs::File::open(&spec.path) else {
         return 0;
     };

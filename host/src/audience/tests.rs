@@ -14,6 +14,8 @@ fn spec(dir: &tempfile::TempDir, name: &str, body: &str, channel: Channel) -> Au
     AudienceSpec {
         format: Format::from_path(&path),
         path,
+        postgres: None,
+        columns: None,
         id_field: "id".into(),
         address_field: match channel {
             Channel::Sms => "phone".into(),

@@ -15,7 +15,7 @@ pub use bundle::{Bundle, BundleError};
 pub use diagnostics::{Diagnostics, FileDiagnostic, SourceMap};
 pub use model::*;
 
-use crate::audience::{AudienceReader, AudienceSpec, Format};
+use crate::audience::{AudienceReader, AudienceSpec, Format, PostgresSource, postgres_columns};
 use crate::runtime::{ComponentSource, defaults};
 
 /// Where accepted messages go.
@@ -550,7 +550,12 @@ fn check(
 
     // Audience: its header must carry the id and address fields.
     let a = &file.audience;
-    let path = dir.join(a.source.get_ref());
+    let is_postgres = a.source.get_ref() == "postgres";
+    let path = if is_postgres {
+        PathBuf::from("postgres")
+    } else {
+        dir.join(a.source.get_ref())
+    };
     let address_field = a
         .address_field
         .as_ref()
@@ -563,9 +568,12 @@ fn check(
             }
             .to_string()
         });
+    let postgres = postgres_source(a, is_postgres, map, problems);
     let spec = AudienceSpec {
         format: a.format.unwrap_or_else(|| Format::from_path(&path)),
         path,
+        postgres: postgres.clone(),
+        columns: None,
         id_field: a.id_field.get_ref().clone(),
         address_field,
         declared: a
@@ -575,24 +583,31 @@ fn check(
             .collect(),
         channel: c.channel,
     };
-    let columns = match known_columns.map_or_else(
-        || AudienceReader::open(&spec).map(|r| r.columns().to_vec()),
-        Ok,
-    ) {
-        Ok(columns) => {
-            for (name, ty) in &a.fields {
-                if !columns.contains(name) {
-                    problems.push(map.at_span(
-                        &ty.span(),
-                        format!("declared field `{name}` is not in the audience"),
-                    ));
+    let columns = if is_postgres {
+        // Validating never reaches the database: a PostgreSQL audience's
+        // fields are the declared ones (the run checks the query has them).
+        postgres.as_ref()?;
+        Some(known_columns.unwrap_or_else(|| postgres_columns(&spec)))
+    } else {
+        match known_columns.map_or_else(
+            || AudienceReader::open(&spec).map(|r| r.columns().to_vec()),
+            Ok,
+        ) {
+            Ok(columns) => {
+                for (name, ty) in &a.fields {
+                    if !columns.contains(name) {
+                        problems.push(map.at_span(
+                            &ty.span(),
+                            format!("declared field `{name}` is not in the audience"),
+                        ));
+                    }
                 }
+                Some(columns)
             }
-            Some(columns)
-        }
-        Err(e) => {
-            problems.push(map.at_span(&a.source.span(), e.to_string()));
-            None
+            Err(e) => {
+                problems.push(map.at_span(&a.source.span(), e.to_string()));
+                None
+            }
         }
     };
     Some((
@@ -605,6 +620,57 @@ fn check(
             sender: sender?,
         },
     ))
+}
+
+/// `query` and `url_env` of a `source = "postgres"` audience, and neither
+/// for a file.
+fn postgres_source(
+    a: &AudienceSection,
+    is_postgres: bool,
+    map: &SourceMap<'_>,
+    problems: &mut Vec<FileDiagnostic>,
+) -> Option<PostgresSource> {
+    if !is_postgres {
+        for (set, name) in [(&a.query, "query"), (&a.url_env, "url_env")] {
+            if let Some(v) = set {
+                problems.push(map.at_span(
+                    &v.span(),
+                    format!("`{name}` is for `source = \"postgres\"`; this audience is a file"),
+                ));
+            }
+        }
+        return None;
+    }
+    let mut missing = false;
+    for (set, name, example) in [
+        (
+            &a.query,
+            "query",
+            "query = \"SELECT id, email, first_name FROM customers\"",
+        ),
+        (&a.url_env, "url_env", "url_env = \"AUDIENCE_DATABASE_URL\""),
+    ] {
+        if set.as_ref().is_none_or(|v| v.get_ref().trim().is_empty()) {
+            problems.push(map.at_span(
+                &a.source.span(),
+                format!("a PostgreSQL audience needs `{name}`, e.g. {example}"),
+            ));
+            missing = true;
+        }
+    }
+    if a.fields.is_empty() {
+        problems.push(map.at_span(
+            &a.source.span(),
+            "a PostgreSQL audience declares its fields in [audience.fields] (name = \"string\" | \"number\" | \"boolean\"), so that it can be checked without the database",
+        ));
+    }
+    if missing {
+        return None;
+    }
+    Some(PostgresSource {
+        query: a.query.as_ref()?.get_ref().clone(),
+        url_env: a.url_env.as_ref()?.get_ref().clone(),
+    })
 }
 
 /// A campaign's own `transport` setting.

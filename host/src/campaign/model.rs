@@ -167,8 +167,14 @@ pub struct CampaignSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AudienceSection {
-    /// CSV or JSONL, relative to the campaign file.
+    /// CSV or JSONL, relative to the campaign file; or `postgres`, the rows
+    /// of `query` in the database named by `url_env`.
     pub source: Spanned<String>,
+    /// `source = "postgres"`: the SQL query whose rows are the audience.
+    pub query: Option<Spanned<String>>,
+    /// `source = "postgres"`: the environment variable holding the database
+    /// URL, so that credentials never sit in a campaign file.
+    pub url_env: Option<Spanned<String>>,
     /// Defaults from the extension: `.jsonl`/`.ndjson` → jsonl, else csv.
     pub format: Option<Format>,
     /// Column holding the recipient's unique id.

@@ -41,6 +41,30 @@ pub struct Intake {
     pub waves: Option<(crate::schedule::waves::WavePlan, u64)>,
 }
 
+/// The audience a run or launch reads: the file, or for a PostgreSQL
+/// audience the snapshot of its query in `data_dir/audiences/` (made on the
+/// first run, reused by the next; see `audience::snapshot`).
+pub async fn audience_for_run(
+    campaign: &crate::campaign::Campaign,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<crate::audience::AudienceSpec> {
+    let spec = campaign.audience.clone();
+    if spec.postgres.is_none() {
+        return Ok(spec);
+    }
+    let path = data_dir
+        .join("audiences")
+        .join(format!("{}.jsonl", campaign.id()));
+    if !path.exists() {
+        tracing::info!(
+            campaign = campaign.id(),
+            snapshot = %path.display(),
+            "reading the PostgreSQL audience once into a snapshot; the run and any restart read that"
+        );
+    }
+    Ok(tokio::task::spawn_blocking(move || crate::audience::snapshot(&spec, &path)).await??)
+}
+
 /// Data rows in the audience, valid or not: what waves are shares of.
 pub async fn count_rows(spec: &crate::audience::AudienceSpec) -> anyhow::Result<u64> {
     let spec = spec.clone();
@@ -66,6 +90,13 @@ impl Intake {
     pub async fn run(self) -> anyhow::Result<()> {
         let (tx, mut rx) = mpsc::channel::<anyhow::Result<Chunk>>(2);
         let (spec, size, skip) = (self.audience.clone(), self.batch_size, self.resume_from);
+        if skip > 0 {
+            tracing::info!(
+                campaign = self.campaign,
+                batches_done = skip,
+                "resuming the audience after the batches already queued"
+            );
+        }
         // CSV/JSON parsing is blocking work: a reader thread feeds chunks
         // through a small bounded channel (backpressure, constant memory).
         let reader = tokio::task::spawn_blocking(move || {

@@ -66,9 +66,10 @@ async fn store_and_queue(
     }
     let counters = Arc::new(RunCounters::default());
     if !state.intake_finished {
+        let audience = super::intake::audience_for_run(campaign, &backends.config.data_dir).await?;
         let intake = Intake {
             campaign: id.clone(),
-            audience: campaign.audience.clone(),
+            audience: audience.clone(),
             columns: campaign.columns.clone(),
             batch_size: backends.config.stage.segment.batch_size as u64,
             queue: backends.queue.clone(),
@@ -79,10 +80,7 @@ async fn store_and_queue(
             read_ahead: None,
             stop: stop.clone(),
             waves: match &campaign.timing.waves {
-                Some(plan) => Some((
-                    plan.clone(),
-                    super::intake::count_rows(&campaign.audience).await?,
-                )),
+                Some(plan) => Some((plan.clone(), super::intake::count_rows(&audience).await?)),
                 None => None,
             },
         };

@@ -192,9 +192,10 @@ async fn execute(
     let mut tasks = tokio::task::JoinSet::new();
 
     if !state.intake_finished {
+        let audience = super::intake::audience_for_run(campaign, &opts.data_dir).await?;
         let intake = Intake {
             campaign: id.clone(),
-            audience: campaign.audience.clone(),
+            audience: audience.clone(),
             columns: campaign.columns.clone(),
             batch_size: limits.batch_size as u64,
             queue: queue_dyn.clone(),
@@ -205,10 +206,7 @@ async fn execute(
             read_ahead: Some(16),
             stop: opts.stop.clone(),
             waves: match &campaign.timing.waves {
-                Some(plan) => Some((
-                    plan.clone(),
-                    super::intake::count_rows(&campaign.audience).await?,
-                )),
+                Some(plan) => Some((plan.clone(), super::intake::count_rows(&audience).await?)),
                 None => None,
             },
         };
