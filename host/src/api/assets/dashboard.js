@@ -83,7 +83,9 @@ function campaignState(s) {
 }
 
 const TILES = [
-  ["sent", "Sent", null], ["deliveries", "Delivered", null], ["failed", "Failed", null],
+  // "Delivered" counts the providers' delivery receipts (SES through SNS,
+  // the generic hook): a message handed to SMTP or the outbox is "Sent".
+  ["sent", "Sent", null], ["deliveries", "Delivery receipts", null], ["failed", "Failed", null],
   ["opens", "Opens", "open_rate"], ["clicks", "Clicks", "click_rate"], ["bounces", "Bounces", "bounce_rate"],
   ["complaints", "Complaints", "complaint_rate"], ["unsubscribes", "Unsubscribes", "unsubscribe_rate"],
   ["conversions", "Conversions", "conversion_rate"],
