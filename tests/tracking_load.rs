@@ -8,24 +8,15 @@ mod support;
 
 #[test]
 fn two_thousand_tracking_requests_a_second_are_all_recorded() {
-    let out = support::squall()
-        .args([
-            "bench",
-            "--tracking",
-            "--rate",
-            "2000",
-            "--seconds",
-            "10",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = support::json_of(&[
+        "bench",
+        "--tracking",
+        "--rate",
+        "2000",
+        "--seconds",
+        "10",
+        "--json",
+    ]);
     assert_eq!(r["requests"], 20_000, "{r}");
     assert_eq!(r["squall"]["errors"], 0, "every request answered: {r}");
     assert_eq!(r["recorded"], 20_000, "every event stored: {r}");

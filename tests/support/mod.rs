@@ -16,6 +16,24 @@ pub fn squall() -> Command {
     cmd
 }
 
+/// `squall ARGS`, which must succeed: what it printed, as JSON.
+pub fn json_of(args: &[&str]) -> serde_json::Value {
+    let out = squall().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "squall {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "squall {} printed no JSON ({e}): {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -57,6 +57,11 @@ impl StageEngine {
             .epoch_interruption(true)
             .cranelift_opt_level(OptLevel::Speed)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // For profiling the stages with `perf`: JIT code gets its Wasm
+        // function names in /tmp/perf-<pid>.map.
+        if std::env::var_os("SQUALL_PERF_MAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config)
             .map_err(|e| anyhow::anyhow!("cannot configure the WebAssembly engine: {e:#}"))?;
 
